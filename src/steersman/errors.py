@@ -1,0 +1,46 @@
+"""Exceptions raised by steersman, each with a message a user can act on."""
+
+from __future__ import annotations
+
+
+class SteersmanError(Exception):
+    """Base class of every error steersman raises on purpose."""
+
+
+class ConfigurationError(SteersmanError, ValueError):
+    """A queue, pool or thinker was configured in a way that cannot work."""
+
+
+class UnknownMethodError(ConfigurationError):
+    """A task named a method that was not declared on the queues."""
+
+
+class UnknownTopicError(ConfigurationError):
+    """A task or a result wait named a topic that was not declared on the queues."""
+
+
+class SerializationError(SteersmanError, TypeError):
+    """Inputs or a value could not be turned into bytes (or back)."""
+
+
+class EnvelopeError(SteersmanError):
+    """A message on the wire is garbled or was written by an incompatible release."""
+
+
+class ResultTimeout(SteersmanError, TimeoutError):
+    """No result arrived on a topic before the deadline."""
+
+
+class RunAborted(SteersmanError):
+    """A wait was interrupted because the run is stopping (an agent failed or Ctrl-C)."""
+
+
+class PoolError(SteersmanError):
+    """A worker pool cannot do what was asked (not started, already stopped, ...)."""
+
+
+class UnknownTaskTypeError(ConfigurationError, KeyError):
+    """A ResourceCounter was asked about a task type (pool) it does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

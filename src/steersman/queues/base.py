@@ -1,0 +1,256 @@
+"""The client side of the queues: send inputs, get results, know what is still out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from steersman.brokers.base import Broker
+from steersman.brokers.local import LocalBroker
+from steersman.errors import (
+    ConfigurationError,
+    ResultTimeout,
+    RunAborted,
+    UnknownMethodError,
+    UnknownTopicError,
+)
+from steersman.flag import Flag, deadline_after, wait_for
+from steersman.task import PRIORITIES, ResourceRequest, Result, dumps, new_task_id
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_TOPIC = "default"
+
+
+class Queues:
+    """Where a thinker sends tasks and receives results (Colmena's ``ColmenaQueues``).
+
+    Methods and topics are declared up front, so a typo is an error at ``send_inputs``
+    instead of a task that never runs::
+
+        queues = Queues(methods={"simulate": "sim", "train": "ml"}, topics=["sim", "ml"])
+
+    ``methods`` maps each method name to the queue that carries its tasks (a plain list puts
+    them all on the ``default`` queue). Workers serve queues; a task's ``priority`` picks the
+    lane of that queue (``sim:high`` before ``sim`` before ``sim:low``). The topic
+    ``default`` always exists. Without a ``broker`` the embedded :class:`LocalBroker` is used.
+    """
+
+    def __init__(
+        self,
+        methods: Mapping[str, str] | Iterable[str],
+        topics: Iterable[str] = (),
+        broker: Broker | None = None,
+        *,
+        keep_inputs: bool = True,
+        max_retries: int = 3,
+    ) -> None:
+        if isinstance(methods, Mapping):
+            self.methods: dict[str, str] = {str(m): str(q) for m, q in methods.items()}
+        else:
+            self.methods = {str(m): DEFAULT_QUEUE for m in methods}
+        if not self.methods:
+            raise ConfigurationError("declare at least one method, e.g. Queues(methods=['simulate'])")
+        for name, queue in self.methods.items():
+            if not queue or ":" in queue:
+                raise ConfigurationError(
+                    f"method {name!r} names queue {queue!r}; queue names are non-empty and "
+                    "have no ':' (it separates the priority lane, as in 'sim:high')"
+                )
+        self.topics: tuple[str, ...] = tuple(dict.fromkeys([DEFAULT_TOPIC, *topics]))
+        self.broker: Broker = broker if broker is not None else LocalBroker()
+        self.keep_inputs = keep_inputs
+        self.max_retries = max_retries
+
+        self._count_cond = threading.Condition()
+        self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
+        self._outstanding: dict[str, str] = {}  # task_id -> topic, for tasks not yet complete
+        self._abort: Flag | None = None
+
+    # ----------------------------------------------------------------------- declarations
+    @property
+    def queue_names(self) -> list[str]:
+        """The queues that the declared methods use, in declaration order."""
+        return list(dict.fromkeys(self.methods.values()))
+
+    def queue_of(self, method: str) -> str:
+        """The queue that carries tasks of ``method``."""
+        try:
+            return self.methods[method]
+        except KeyError:
+            raise UnknownMethodError(
+                f"method {method!r} is not declared; declared methods: "
+                f"{', '.join(sorted(self.methods))}"
+            ) from None
+
+    def _check_topic(self, topic: str) -> None:
+        if topic not in self._active:
+            raise UnknownTopicError(
+                f"topic {topic!r} is not declared; declared topics: {', '.join(self.topics)}"
+            )
+
+    # -------------------------------------------------------------------------- sending
+    def send_inputs(
+        self,
+        *input_args: Any,
+        method: str,
+        input_kwargs: Mapping[str, Any] | None = None,
+        topic: str = DEFAULT_TOPIC,
+        task_info: Mapping[str, Any] | None = None,
+        resources: ResourceRequest | Mapping[str, Any] | None = None,
+        priority: str = "normal",
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_on_exception: bool = False,
+        keep_inputs: bool | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Submit a task and return its id.
+
+        The task is acknowledged, and safe in the broker, when this returns. ``key`` makes the
+        submission idempotent: a task with the same key that is queued, running or done is
+        not run again and its id is returned. ``max_retries`` bounds re-runs after a lost
+        worker (and after exceptions, if ``retry_on_exception``). ``timeout`` is in seconds of
+        running time; past it the worker process is killed and the Result says ``timeout``.
+        """
+        created = time.time()
+        queue = self.queue_of(method)
+        self._check_topic(topic)
+        if priority not in PRIORITIES:
+            raise ConfigurationError(
+                f"priority {priority!r} is not one of {', '.join(map(repr, PRIORITIES))}"
+            )
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
+        if resources is None:
+            request = ResourceRequest()
+        elif isinstance(resources, ResourceRequest):
+            request = resources
+        else:
+            try:
+                request = ResourceRequest(**resources)
+            except TypeError as error:
+                raise ConfigurationError(
+                    f"bad resources {dict(resources)!r}: {error}; known fields: node_count, "
+                    "cpu_processes, cpu_threads, slots"
+                ) from None
+
+        start = time.perf_counter()
+        inputs = dumps(
+            (input_args, dict(input_kwargs or {})), what=f"the inputs of a {method!r} task"
+        )
+        task = Result(
+            task_id=new_task_id(),
+            key=key,
+            method=method,
+            queue=queue,
+            topic=topic,
+            inputs=inputs,
+            keep_inputs=self.keep_inputs if keep_inputs is None else keep_inputs,
+            resources=request,
+            priority=priority,  # type: ignore[arg-type]
+            timeout=timeout,
+            max_retries=self.max_retries if max_retries is None else max_retries,
+            retry_on_exception=retry_on_exception,
+            task_info=dict(task_info or {}),
+        )
+        task.serialization.serialize_inputs = time.perf_counter() - start
+        task.serialization.inputs_bytes = len(inputs)
+        task.timestamps.created = created
+        task.timestamps.queued = time.time()
+
+        # Count the task before the broker sees it, so its result can never arrive "early".
+        with self._count_cond:
+            self._active[topic] += 1
+            self._outstanding[task.task_id] = topic
+        try:
+            task_id, accepted = self.broker.put_task(task)
+        except BaseException:
+            self._forget(task.task_id)
+            raise
+        if not accepted:
+            self._forget(task.task_id)
+            logger.debug("task with key %r already submitted as %s", key, task_id)
+        return task_id
+
+    def _forget(self, task_id: str) -> None:
+        with self._count_cond:
+            topic = self._outstanding.pop(task_id, None)
+            if topic is not None:
+                self._active[topic] -= 1
+                self._count_cond.notify_all()
+
+    # ------------------------------------------------------------------------ receiving
+    def get_result(self, topic: str = DEFAULT_TOPIC, timeout: float | None = None) -> Result:
+        """Block until a result of ``topic`` arrives and return it.
+
+        Raises :class:`ResultTimeout` if ``timeout`` seconds pass first, and
+        :class:`RunAborted` if the thinker running this is stopping because of a failure.
+        """
+        result = self._get_result(topic, timeout, stop=self._abort)
+        if result is None:
+            raise ResultTimeout(
+                f"no result on topic {topic!r} within {timeout} s "
+                f"({self.active_count(topic)} task(s) of that topic still out)"
+            )
+        return result
+
+    def _get_result(
+        self, topic: str, timeout: float | None, stop: threading.Event | None
+    ) -> Result | None:
+        """Like :meth:`get_result`, returning ``None`` on timeout or when ``stop`` is set.
+
+        Raises :class:`RunAborted` if the wait ended because the run is aborting.
+        """
+        self._check_topic(topic)
+        result = self.broker.get_result(topic, timeout=timeout, stop=stop)
+        if result is None:
+            abort = self._abort
+            if abort is not None and abort.is_set():
+                raise RunAborted("the run is stopping; no more results will be waited for")
+            return None
+        result.timestamps.result_received = time.time()
+        if result.complete:
+            self._forget(result.task_id)
+        return result
+
+    # --------------------------------------------------------------------------- counts
+    def active_count(self, topic: str | None = None) -> int:
+        """Tasks sent by this client whose final result has not been received yet."""
+        with self._count_cond:
+            if topic is None:
+                return len(self._outstanding)
+            return self._active[topic]
+
+    @property
+    def active_tasks(self) -> int:
+        return self.active_count()
+
+    def wait_until_done(self, timeout: float | None = None) -> bool:
+        """Block until every task sent by this client has had its result received.
+
+        Returns False if ``timeout`` seconds passed first. Results must be taken with
+        :meth:`get_result` (usually by a result processor) for this to return.
+        """
+        with self._count_cond:
+            return wait_for(
+                self._count_cond,
+                lambda: not self._outstanding,
+                deadline_after(timeout),
+                self._abort,
+            )
+
+    # --------------------------------------------------------------------------- cancel
+    def cancel_pending(self) -> list[Result]:
+        """Cancel this client's tasks that no worker has taken yet; return them."""
+        with self._count_cond:
+            ids = set(self._outstanding)
+        cancelled = self.broker.cancel_queued(ids)
+        for task in cancelled:
+            self._forget(task.task_id)
+        return cancelled
+

@@ -1,0 +1,588 @@
+"""Local worker pools: N processes (or threads) that serve the queues of their methods.
+
+A process pool runs two threads in the client process. The *feeder* takes a task from the
+broker only when a worker has room for it and writes it down that worker's pipe; the
+*collector* waits on every worker's pipe and process sentinel at once (no polling), delivers
+results, and notices a dead worker the moment its process ends. A task held by a dead worker
+is run again on a fresh process, up to its ``max_retries``; then it fails with a reason that
+says so. A task past its ``timeout`` has its process killed and fails as ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cloudpickle
+
+from steersman.errors import ConfigurationError, EnvelopeError, PoolError
+from steersman.queues.base import Queues
+from steersman.task import (
+    PRIORITIES,
+    Failure,
+    Result,
+    WorkerInfo,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    lane_name,
+)
+from steersman.workers.execute import execute, timeout_failure
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["process", "thread"]
+_pool_numbers = itertools.count(1)
+
+
+def default_start_method() -> str:
+    """``forkserver`` where it exists (safe with threads, quick to replace a dead worker),
+    else ``spawn``. ``fork`` is never the default: the client process runs threads."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _method_table(methods: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]]):
+    if isinstance(methods, Mapping):
+        table = dict(methods)
+    else:
+        table = {}
+        for func in methods:
+            name = getattr(func, "__name__", None)
+            if not name or name == "<lambda>":
+                raise ConfigurationError(
+                    f"cannot tell the name of method {func!r}; pass a dict {{'name': function}}"
+                )
+            table[name] = func
+    for name, func in table.items():
+        if not callable(func):
+            raise ConfigurationError(f"method {name!r} is {func!r}, which is not callable")
+    if not table:
+        raise ConfigurationError("a worker pool needs at least one method")
+    return table
+
+
+def retry_or_deliver(queues: Queues, result: Result) -> None:
+    """Deliver a final result, unless it failed in a way the task asked to retry."""
+    failure = result.failure
+    if (
+        result.complete
+        and failure is not None
+        and failure.kind in ("exception", "timeout")
+        and result.retry_on_exception
+        and result.attempt <= result.max_retries
+    ):
+        logger.info(
+            "task %s (%s) failed on attempt %d (%s); retrying",
+            result.task_id,
+            result.method,
+            result.attempt,
+            failure,
+        )
+        _reset_for_retry(result)
+        queues.broker.requeue(result, front=True)
+        return
+    queues.broker.put_result(result)
+
+
+def _reset_for_retry(task: Result) -> None:
+    task.attempt += 1
+    task.success = None
+    task.failure = None
+    task.value_data = None
+    task.complete = False
+    ts = task.timestamps
+    ts.picked_up = ts.started = ts.finished = ts.result_queued = None
+
+
+class WorkerPool:
+    """A pool of local workers serving the queues of the methods it is given.
+
+    Run one pool per group of methods to give each group its own workers::
+
+        with WorkerPool(queues, [simulate], workers=4), WorkerPool(queues, [train], workers=1):
+            thinker.run()
+
+    ``mode="process"`` (default) runs each worker in its own process: tasks run in parallel,
+    ``cpu_threads`` takes effect, a crash or a timeout kills only that process and the pool
+    replaces it. ``mode="thread"`` runs workers as threads of this process: no copies, but
+    the GIL is shared and a timeout cannot stop a task. ``prefetch`` is how many tasks a
+    process worker holds beyond the one it runs (more throughput for tiny tasks, worse
+    balance for long ones).
+    """
+
+    def __init__(
+        self,
+        queues: Queues,
+        methods: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+        *,
+        workers: int = 1,
+        mode: Mode = "process",
+        start_method: str | None = None,
+        prefetch: int = 0,
+        name: str | None = None,
+    ) -> None:
+        self.queues = queues
+        self.methods = _method_table(methods)
+        for method in self.methods:
+            queues.queue_of(method)  # raises, naming the declared methods, if unknown
+        self.serves: list[str] = list(dict.fromkeys(queues.queue_of(m) for m in self.methods))
+        self.lanes = [lane_name(q, p) for p in PRIORITIES for q in self.serves]
+        if workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, got {workers}")
+        if mode not in ("process", "thread"):
+            raise ConfigurationError(f"mode must be 'process' or 'thread', got {mode!r}")
+        if prefetch < 0:
+            raise ConfigurationError(f"prefetch must be 0 or more, got {prefetch}")
+        self.n_workers = workers
+        self.mode: Mode = mode
+        self.start_method = start_method or default_start_method()
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                f"start method {self.start_method!r} is not available here; available: "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        self.prefetch = prefetch
+        self.name = name or f"pool{next(_pool_numbers)}-{'+'.join(self.serves)}"
+        self._impl: _ProcessWorkers | _ThreadWorkers | None = None
+
+    def start(self) -> WorkerPool:
+        """Start the workers. Returns the pool, so ``pool = WorkerPool(...).start()`` works."""
+        if self._impl is not None:
+            raise PoolError(f"worker pool {self.name} is already started")
+        impl_type = _ProcessWorkers if self.mode == "process" else _ThreadWorkers
+        self._impl = impl_type(self)
+        self._impl.start()
+        logger.info(
+            "started %s: %d %s worker(s) on %s",
+            self.name,
+            self.n_workers,
+            self.mode,
+            ", ".join(self.lanes),
+        )
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking tasks, let running ones finish for up to ``timeout`` seconds, then kill
+        what is left. Tasks the workers had not finished go back to the broker."""
+        if self._impl is None:
+            return
+        self._impl.stop(timeout)
+        self._impl = None
+        logger.info("stopped %s", self.name)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (empty for a thread pool)."""
+        if self._impl is None:
+            return []
+        return self._impl.worker_pids()
+
+    def wait_for_workers(self, timeout: float | None = None) -> bool:
+        """Block until every worker process is up and waiting for work."""
+        if self._impl is None:
+            raise PoolError(f"worker pool {self.name} is not started")
+        return self._impl.wait_ready(timeout)
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------- threads
+class _ThreadWorkers:
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.stop_flag = _new_flag()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for index in range(self.pool.n_workers):
+            worker_id = worker_id_for(f"{self.pool.name}-t{index}")
+            thread = threading.Thread(
+                target=self._serve, args=(worker_id,), name=f"{self.pool.name}-t{index}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def _serve(self, worker_id: str) -> None:
+        pool = self.pool
+        broker = pool.queues.broker
+        while not self.stop_flag.is_set():
+            task = broker.get_task(pool.lanes, stop=self.stop_flag)
+            if task is None:
+                continue
+            task.timestamps.picked_up = time.time()
+            for result in execute(task, pool.methods.get(task.method), worker_id, own_process=False):
+                result.timestamps.result_queued = time.time()
+                if result.complete:
+                    retry_or_deliver(pool.queues, result)
+                else:
+                    broker.put_result(result)
+
+    def stop(self, timeout: float) -> None:
+        self.stop_flag.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self.threads if t.is_alive()]
+        if alive:
+            logger.warning("thread workers still running a task after %.1f s: %s", timeout, alive)
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+    def wait_ready(self, timeout: float | None) -> bool:
+        return True
+
+
+def _new_flag():
+    from steersman.flag import Flag
+
+    return Flag()
+
+
+# ---------------------------------------------------------------------------- processes
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it vanished"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def worker_id_for(label: str, pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}:{label}"
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: bytes, label: str):
+    """Entry point of a worker process: read batches of tasks, write results, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
+    worker_id = worker_id_for(label)
+    methods = cloudpickle.loads(methods_blob)
+    conn.send_bytes(b"ready")
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the client is gone
+        if not data:
+            return
+        picked_up = time.time()
+        try:
+            tasks = decode_batch(data)
+        except EnvelopeError as error:
+            print(f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr)
+            continue
+        for task in tasks:
+            task.timestamps.picked_up = picked_up
+            for result in execute(task, methods.get(task.method), worker_id, own_process=True):
+                result.timestamps.result_queued = time.time()
+                conn.send_bytes(encode(result))
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: Any
+    conn: multiprocessing.connection.Connection
+    worker_id: str
+    inflight: deque[Result] = field(default_factory=deque)
+    head_since: float = 0.0  # monotonic time the first in-flight task started (about)
+    ready: bool = False
+    timed_out: str | None = None  # id of the task this worker was killed for
+    alive: bool = True
+
+
+class _ProcessWorkers:
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.broker = pool.queues.broker
+        self.context = multiprocessing.get_context(pool.start_method)
+        self.methods_blob = cloudpickle.dumps(pool.methods)
+        self.lock = threading.Condition()
+        self.workers: list[_Worker] = []
+        self.stop_flag = _new_flag()
+        self.stopping = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.feeder = threading.Thread(target=self._feed, name=f"{pool.name}-feeder", daemon=True)
+        self.collector = threading.Thread(
+            target=self._collect, name=f"{pool.name}-collector", daemon=True
+        )
+        self.capacity = 1 + pool.prefetch
+
+    # ------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        for index in range(self.pool.n_workers):
+            self.workers.append(self._spawn(index))
+        self.collector.start()
+        self.feeder.start()
+
+    def _spawn(self, index: int) -> _Worker:
+        label = f"{self.pool.name}-w{index}"
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=_worker_main,
+            args=(child_conn, self.methods_blob, label),
+            name=label,
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        worker_id = worker_id_for(label, process.pid)
+        return _Worker(index=index, process=process, conn=parent_conn, worker_id=worker_id)
+
+    def stop(self, timeout: float) -> None:
+        with self.lock:
+            self.stopping = True
+            self.lock.notify_all()
+        self.stop_flag.set()
+        self.feeder.join()
+        with self.lock:
+            workers = [w for w in self.workers if w.alive]
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send_bytes(b"")
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker.process.is_alive():
+                logger.warning(
+                    "worker %s still busy after %.1f s; killing it", worker.worker_id, timeout
+                )
+                worker.process.kill()
+        self._wake()
+        self.collector.join()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def worker_pids(self) -> list[int]:
+        with self.lock:
+            return [w.process.pid for w in self.workers if w.alive and w.process.pid]
+
+    def wait_ready(self, timeout: float | None) -> bool:
+        from steersman.flag import deadline_after, wait_for
+
+        with self.lock:
+            return wait_for(
+                self.lock,
+                lambda: all(w.ready for w in self.workers if w.alive),
+                deadline_after(timeout),
+            )
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"x")
+
+    # ---------------------------------------------------------------------------- feeder
+    def _has_room(self) -> bool:
+        return any(w.alive and len(w.inflight) < self.capacity for w in self.workers)
+
+    def _feed(self) -> None:
+        from steersman.flag import wait_for
+
+        while True:
+            with self.lock:
+                wait_for(self.lock, lambda: self.stopping or self._has_room(), None)
+                if self.stopping:
+                    return
+            task = self.broker.get_task(self.pool.lanes, stop=self.stop_flag)
+            if task is None:
+                continue
+            with self.lock:
+                wait_for(self.lock, lambda: self.stopping or self._has_room(), None)
+                if self.stopping:
+                    self.broker.requeue(task, front=True)
+                    return
+                worker = min(
+                    (w for w in self.workers if w.alive and len(w.inflight) < self.capacity),
+                    key=lambda w: len(w.inflight),
+                )
+                worker.inflight.append(task)
+                if len(worker.inflight) == 1:
+                    worker.head_since = time.monotonic()
+            try:
+                worker.conn.send_bytes(encode_batch([task]))
+            except OSError:
+                pass  # the worker died; the collector gives its tasks back
+            if task.timeout is not None:
+                self._wake()  # the collector must know the new deadline
+
+    # ------------------------------------------------------------------------- collector
+    def _collect(self) -> None:
+        while True:
+            with self.lock:
+                live = [w for w in self.workers if w.alive]
+                if self.stopping and not live:
+                    return
+                deadline = self._next_deadline(live)
+            waitables: list[Any] = [self.wake_r]
+            for worker in live:
+                waitables.append(worker.conn)
+                waitables.append(worker.process.sentinel)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = set(multiprocessing.connection.wait(waitables, timeout))
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+            for worker in live:
+                if worker.conn in ready:
+                    self._drain(worker)
+                if worker.process.sentinel in ready:
+                    self._drain(worker)
+                    self._bury(worker)
+            self._enforce_timeouts()
+
+    def _next_deadline(self, live: list[_Worker]) -> float | None:
+        deadlines = [
+            w.head_since + w.inflight[0].timeout
+            for w in live
+            if w.inflight and w.inflight[0].timeout is not None and w.timed_out is None
+        ]
+        return min(deadlines, default=None)
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for worker in self.workers:
+                if not worker.alive or not worker.inflight or worker.timed_out is not None:
+                    continue
+                head = worker.inflight[0]
+                if head.timeout is not None and now >= worker.head_since + head.timeout:
+                    worker.timed_out = head.task_id
+                    logger.warning(
+                        "task %s (%s) exceeded its timeout of %g s; killing worker %s",
+                        head.task_id,
+                        head.method,
+                        head.timeout,
+                        worker.worker_id,
+                    )
+                    worker.process.kill()
+
+    def _drain(self, worker: _Worker) -> None:
+        """Read every message the worker has written."""
+        while True:
+            try:
+                if not worker.conn.poll():
+                    return
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if data == b"ready":
+                with self.lock:
+                    worker.ready = True
+                    self.lock.notify_all()
+                continue
+            try:
+                result = decode(data)
+            except EnvelopeError as error:
+                logger.error("worker %s sent a garbled result: %s", worker.worker_id, error)
+                continue
+            if result.complete:
+                with self.lock:
+                    self._remove_inflight(worker, result.task_id)
+                    worker.head_since = time.monotonic()
+                    self.lock.notify_all()
+                retry_or_deliver(self.pool.queues, result)
+            else:
+                self.broker.put_result(result)
+
+    @staticmethod
+    def _remove_inflight(worker: _Worker, task_id: str) -> None:
+        if worker.inflight and worker.inflight[0].task_id == task_id:
+            worker.inflight.popleft()
+            return
+        for task in worker.inflight:
+            if task.task_id == task_id:
+                worker.inflight.remove(task)
+                return
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker process ended: give its tasks back or fail them, and replace it."""
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        with self.lock:
+            worker.alive = False
+            held = list(worker.inflight)
+            worker.inflight.clear()
+            self.workers.remove(worker)
+            replace = not self.stopping
+            self.lock.notify_all()
+        worker.conn.close()
+        how = _describe_exit(exitcode)
+        if held:
+            running, unstarted = held[0], held[1:]
+            for task in reversed(unstarted):
+                self.broker.requeue(task, front=True)
+            self._settle_lost(worker, running, how)
+        elif replace:
+            logger.warning("worker %s died (%s) while idle", worker.worker_id, how)
+        if replace:
+            fresh = self._spawn(worker.index)
+            with self.lock:
+                self.workers.append(fresh)
+                self.lock.notify_all()
+
+    def _settle_lost(self, worker: _Worker, task: Result, how: str) -> None:
+        info = WorkerInfo(host=socket.gethostname(), pid=worker.process.pid or 0, worker_id=worker.worker_id)
+        if worker.timed_out == task.task_id:
+            task.worker = info
+            task.complete = True
+            task.set_failure(timeout_failure(task.timeout or 0.0, killed=True))
+            task.timestamps.result_queued = time.time()
+            retry_or_deliver(self.pool.queues, task)
+            return
+        if self.stopping:
+            # Not the task's fault: hand it back untouched for whoever serves the queue next.
+            self.broker.requeue(task, front=True)
+            return
+        if task.attempt <= task.max_retries:
+            logger.warning(
+                "worker %s died (%s) running task %s (%s), attempt %d; running it again",
+                worker.worker_id,
+                how,
+                task.task_id,
+                task.method,
+                task.attempt,
+            )
+            _reset_for_retry(task)
+            self.broker.requeue(task, front=True)
+            return
+        logger.error(
+            "worker %s died (%s) running task %s (%s); no retries left", worker.worker_id, how,
+            task.task_id, task.method,
+        )
+        task.worker = info
+        task.complete = True
+        task.set_failure(
+            Failure(
+                kind="worker_lost",
+                type="WorkerLost",
+                message=(
+                    f"the worker process running this task died ({how}) on each of "
+                    f"{task.attempt} attempt(s); max_retries={task.max_retries} is used up"
+                ),
+            )
+        )
+        task.timestamps.result_queued = time.time()
+        self.broker.put_result(task)

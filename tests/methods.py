@@ -1,0 +1,92 @@
+"""Methods the tests register on worker pools (a module, so spawned workers can import them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from steersman import current_task
+
+
+def add(a, b=0):
+    return a + b
+
+
+def noop():
+    return None
+
+
+def echo(value):
+    return value
+
+
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def fail(message="task failed on purpose"):
+    raise ValueError(message)
+
+
+def count_up(n):
+    for i in range(n):
+        yield i
+    return "finished"
+
+
+def thread_settings():
+    task = current_task()
+    return {
+        "env": os.environ.get("OMP_NUM_THREADS"),
+        "requested": task.resources.cpu_threads,
+        "blas": _blas_threads(),
+    }
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    import numpy  # noqa: F401  (loads the BLAS pool)
+
+    return sorted({pool["num_threads"] for pool in threadpool_info()})
+
+
+def whoami():
+    return os.getpid()
+
+
+def die():
+    """Kill this worker process the hard way, as the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_on_first_attempt(marker_dir):
+    """SIGKILL the worker on attempt 1; succeed on the next, reporting the attempt."""
+    task = current_task()
+    Path(marker_dir, f"{task.task_id}.{task.attempt}").touch()
+    if task.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task.attempt
+
+
+def wait_for_file(path, timeout=30.0):
+    """Signal that the task started (writes path + '.started'), then block until path exists."""
+    Path(f"{path}.started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):  # a file is the only signal a test can send in here
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def flaky(marker_dir, fail_times=1):
+    """Raise on the first ``fail_times`` attempts, then succeed."""
+    task = current_task()
+    Path(marker_dir, f"attempt{task.attempt}").touch()
+    if task.attempt <= fail_times:
+        raise RuntimeError(f"flaky failure on attempt {task.attempt}")
+    return task.attempt
