@@ -32,8 +32,7 @@ def fail(message="task failed on purpose"):
 
 
 def count_up(n):
-    for i in range(n):
-        yield i
+    yield from range(n)
     return "finished"
 
 
@@ -47,9 +46,8 @@ def thread_settings():
 
 
 def _blas_threads():
-    from threadpoolctl import threadpool_info
-
     import numpy  # noqa: F401  (loads the BLAS pool)
+    from threadpoolctl import threadpool_info
 
     return sorted({pool["num_threads"] for pool in threadpool_info()})
 

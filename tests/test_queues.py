@@ -127,8 +127,13 @@ def test_every_result_has_ordered_timestamps_and_non_negative_overhead():
     for result in results:
         ts = result.timestamps
         hops = [
-            ts.created, ts.queued, ts.picked_up, ts.started, ts.finished,
-            ts.result_queued, ts.result_received,
+            ts.created,
+            ts.queued,
+            ts.picked_up,
+            ts.started,
+            ts.finished,
+            ts.result_queued,
+            ts.result_received,
         ]
         assert None not in hops, hops
         assert hops == sorted(hops), hops

@@ -22,7 +22,7 @@ def test_exception_in_task_returns_failure_with_traceback():
     assert result.failure.kind == "exception"
     assert result.failure.type == "ValueError"
     assert result.failure.message == "no good"
-    assert 'raise ValueError(message)' in result.failure.traceback
+    assert "raise ValueError(message)" in result.failure.traceback
     assert result.attempt == 1  # exceptions are not retried unless asked
 
 
@@ -98,7 +98,7 @@ def test_task_that_always_kills_its_worker_fails_after_max_retries():
 def test_worker_killed_from_outside_mid_task_does_not_hang_the_run(tmp_path):
     queues = Queues(methods=["wait_for_file"])
     gate = tmp_path / "gate"
-    with WorkerPool(queues, [methods.wait_for_file], workers=1) as pool:
+    with WorkerPool(queues, [methods.wait_for_file], workers=1):
         queues.send_inputs(str(gate), method="wait_for_file")
         started = tmp_path / "gate.started"
         wait_until(started.exists, 30, "the task to start")

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from steersman.brokers import Broker, LocalBroker  # noqa: E402
-from steersman.errors import (  # noqa: E402
+from steersman.brokers import Broker, LocalBroker
+from steersman.errors import (
     ConfigurationError,
     ResultTimeout,
     RunAborted,
@@ -12,9 +12,9 @@ from steersman.errors import (  # noqa: E402
     UnknownMethodError,
     UnknownTopicError,
 )
-from steersman.flag import Flag  # noqa: E402
-from steersman.queues import Queues  # noqa: E402
-from steersman.steer import (  # noqa: E402
+from steersman.flag import Flag
+from steersman.queues import Queues
+from steersman.steer import (
     BaseThinker,
     ResourceCounter,
     agent,
@@ -22,8 +22,8 @@ from steersman.steer import (  # noqa: E402
     result_processor,
     task_submitter,
 )
-from steersman.task import Failure, ResourceRequest, Result, Task  # noqa: E402
-from steersman.workers import WorkerPool, current_task  # noqa: E402
+from steersman.task import Failure, ResourceRequest, Result, Task
+from steersman.workers import WorkerPool, current_task
 
 __all__ = [
     "BaseThinker",

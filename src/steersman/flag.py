@@ -89,7 +89,7 @@ def wait_for(
 
 
 def deadline_after(timeout: float | None) -> float | None:
-    """Monotonic deadline ``timeout`` seconds from now; ``None`` or a negative timeout waits forever."""
+    """Monotonic deadline ``timeout`` s from now; ``None`` or a negative timeout waits forever."""
     if timeout is None or timeout < 0:
         return None
     return time.monotonic() + timeout

@@ -170,7 +170,7 @@ class Result(msgspec.Struct, kw_only=True, dict=True):
 
     @property
     def value(self) -> Any:
-        """What the method returned (or yielded, for an intermediate result); ``None`` if it failed."""
+        """What the method returned (or yielded, if intermediate); ``None`` if it failed."""
         if "_value_cache" not in self.__dict__:
             if self.value_data is None:
                 self.__dict__["_value_cache"] = None

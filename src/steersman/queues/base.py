@@ -54,7 +54,9 @@ class Queues:
         else:
             self.methods = {str(m): DEFAULT_QUEUE for m in methods}
         if not self.methods:
-            raise ConfigurationError("declare at least one method, e.g. Queues(methods=['simulate'])")
+            raise ConfigurationError(
+                "declare at least one method, e.g. Queues(methods=['simulate'])"
+            )
         for name, queue in self.methods.items():
             if not queue or ":" in queue:
                 raise ConfigurationError(
@@ -253,4 +255,3 @@ class Queues:
         for task in cancelled:
             self._forget(task.task_id)
         return cancelled
-

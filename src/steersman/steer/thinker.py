@@ -248,7 +248,8 @@ class BaseThinker(threading.Thread):
             if spec.kind == "event_responder" and spec.event_name not in self._barriers:
                 event: Flag = getattr(self, spec.event_name)
                 count = sum(
-                    1 for _, _, s in agents
+                    1
+                    for _, _, s in agents
                     if s.kind == "event_responder" and s.event_name == spec.event_name
                 )
                 self._barriers[spec.event_name] = threading.Barrier(count, action=event.clear)

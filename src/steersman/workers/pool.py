@@ -215,7 +215,10 @@ class _ThreadWorkers:
         for index in range(self.pool.n_workers):
             worker_id = worker_id_for(f"{self.pool.name}-t{index}")
             thread = threading.Thread(
-                target=self._serve, args=(worker_id,), name=f"{self.pool.name}-t{index}", daemon=True
+                target=self._serve,
+                args=(worker_id,),
+                name=f"{self.pool.name}-t{index}",
+                daemon=True,
             )
             thread.start()
             self.threads.append(thread)
@@ -228,7 +231,9 @@ class _ThreadWorkers:
             if task is None:
                 continue
             task.timestamps.picked_up = time.time()
-            for result in execute(task, pool.methods.get(task.method), worker_id, own_process=False):
+            for result in execute(
+                task, pool.methods.get(task.method), worker_id, own_process=False
+            ):
                 result.timestamps.result_queued = time.time()
                 if result.complete:
                     retry_or_deliver(pool.queues, result)
@@ -290,7 +295,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: byte
         try:
             tasks = decode_batch(data)
         except EnvelopeError as error:
-            print(f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr)
+            print(
+                f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr
+            )
             continue
         for task in tasks:
             task.timestamps.picked_up = picked_up
@@ -421,10 +428,9 @@ class _ProcessWorkers:
                 worker.inflight.append(task)
                 if len(worker.inflight) == 1:
                     worker.head_since = time.monotonic()
-            try:
+            # If the worker died, the collector gives its tasks back.
+            with contextlib.suppress(OSError):
                 worker.conn.send_bytes(encode_batch([task]))
-            except OSError:
-                pass  # the worker died; the collector gives its tasks back
             if task.timeout is not None:
                 self._wake()  # the collector must know the new deadline
 
@@ -544,7 +550,9 @@ class _ProcessWorkers:
                 self.lock.notify_all()
 
     def _settle_lost(self, worker: _Worker, task: Result, how: str) -> None:
-        info = WorkerInfo(host=socket.gethostname(), pid=worker.process.pid or 0, worker_id=worker.worker_id)
+        info = WorkerInfo(
+            host=socket.gethostname(), pid=worker.process.pid or 0, worker_id=worker.worker_id
+        )
         if worker.timed_out == task.task_id:
             task.worker = info
             task.complete = True
@@ -569,8 +577,11 @@ class _ProcessWorkers:
             self.broker.requeue(task, front=True)
             return
         logger.error(
-            "worker %s died (%s) running task %s (%s); no retries left", worker.worker_id, how,
-            task.task_id, task.method,
+            "worker %s died (%s) running task %s (%s); no retries left",
+            worker.worker_id,
+            how,
+            task.task_id,
+            task.method,
         )
         task.worker = info
         task.complete = True
