@@ -35,9 +35,7 @@ from steersman.task import (
     Failure,
     Result,
     WorkerInfo,
-    decode,
     decode_batch,
-    encode,
     encode_batch,
     lane_name,
 )
@@ -274,6 +272,10 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+RESULT_BATCH_SECONDS = 0.002
+"""How long a worker may hold a finished result to send it with the next ones of its batch."""
+
+
 def worker_id_for(label: str, pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}:{label}"
 
@@ -299,11 +301,19 @@ def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: byte
                 f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr
             )
             continue
-        for task in tasks:
+        outbox: list[Result] = []
+        flush_by = 0.0
+        for position, task in enumerate(tasks, start=1):
             task.timestamps.picked_up = picked_up
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
-                conn.send_bytes(encode(result))
+                if not outbox:
+                    flush_by = time.monotonic() + RESULT_BATCH_SECONDS
+                outbox.append(result)
+                # Short tasks of one batch share a message; a result never waits long for it.
+                if not result.complete or position == len(tasks) or time.monotonic() > flush_by:
+                    conn.send_bytes(encode_batch(outbox))
+                    outbox = []
 
 
 @dataclass(eq=False)
@@ -425,13 +435,20 @@ class _ProcessWorkers:
                     (w for w in self.workers if w.alive and len(w.inflight) < self.capacity),
                     key=lambda w: len(w.inflight),
                 )
-                worker.inflight.append(task)
-                if len(worker.inflight) == 1:
+                batch = [task]
+                # Fill the worker's remaining room from the backlog, in one message.
+                while len(worker.inflight) + len(batch) < self.capacity:
+                    more = self.broker.get_task(self.pool.lanes, timeout=0)
+                    if more is None:
+                        break
+                    batch.append(more)
+                if not worker.inflight:
                     worker.head_since = time.monotonic()
+                worker.inflight.extend(batch)
             # If the worker died, the collector gives its tasks back.
             with contextlib.suppress(OSError):
-                worker.conn.send_bytes(encode_batch([task]))
-            if task.timeout is not None:
+                worker.conn.send_bytes(encode_batch(batch))
+            if any(t.timeout is not None for t in batch):
                 self._wake()  # the collector must know the new deadline
 
     # ------------------------------------------------------------------------- collector
@@ -500,18 +517,22 @@ class _ProcessWorkers:
                     self.lock.notify_all()
                 continue
             try:
-                result = decode(data)
+                results = decode_batch(data)
             except EnvelopeError as error:
                 logger.error("worker %s sent a garbled result: %s", worker.worker_id, error)
                 continue
-            if result.complete:
+            finished = [r for r in results if r.complete]
+            if finished:
                 with self.lock:
-                    self._remove_inflight(worker, result.task_id)
+                    for result in finished:
+                        self._remove_inflight(worker, result.task_id)
                     worker.head_since = time.monotonic()
                     self.lock.notify_all()
-                retry_or_deliver(self.pool.queues, result)
-            else:
-                self.broker.put_result(result)
+            for result in results:
+                if result.complete:
+                    retry_or_deliver(self.pool.queues, result)
+                else:
+                    self.broker.put_result(result)
 
     @staticmethod
     def _remove_inflight(worker: _Worker, task_id: str) -> None:
