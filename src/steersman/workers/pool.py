@@ -119,8 +119,10 @@ class WorkerPool:
     ``cpu_threads`` takes effect, a crash or a timeout kills only that process and the pool
     replaces it. ``mode="thread"`` runs workers as threads of this process: no copies, but
     the GIL is shared and a timeout cannot stop a task. ``prefetch`` is how many tasks a
-    process worker holds beyond the one it runs (more throughput for tiny tasks, worse
-    balance for long ones).
+    process worker holds beyond the one it runs: more throughput for tiny tasks, worse
+    balance for long ones. The default, ``"auto"``, prefetches up to
+    :data:`AUTO_PREFETCH` tasks only while the pool's recent tasks run under
+    :data:`AUTO_PREFETCH_BELOW` seconds, and none otherwise.
     """
 
     def __init__(
@@ -131,7 +133,7 @@ class WorkerPool:
         workers: int = 1,
         mode: Mode = "process",
         start_method: str | None = None,
-        prefetch: int = 0,
+        prefetch: int | Literal["auto"] = "auto",
         name: str | None = None,
     ) -> None:
         self.queues = queues
@@ -144,8 +146,8 @@ class WorkerPool:
             raise ConfigurationError(f"workers must be at least 1, got {workers}")
         if mode not in ("process", "thread"):
             raise ConfigurationError(f"mode must be 'process' or 'thread', got {mode!r}")
-        if prefetch < 0:
-            raise ConfigurationError(f"prefetch must be 0 or more, got {prefetch}")
+        if prefetch != "auto" and (not isinstance(prefetch, int) or prefetch < 0):
+            raise ConfigurationError(f"prefetch must be 'auto' or 0 or more, got {prefetch!r}")
         self.n_workers = workers
         self.mode: Mode = mode
         self.start_method = start_method or default_start_method()
@@ -272,6 +274,11 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+AUTO_PREFETCH = 4
+"""Tasks a worker may hold beyond the one it runs, with ``prefetch="auto"``, for short tasks."""
+AUTO_PREFETCH_BELOW = 0.005
+"""Running time (seconds, recent average) under which ``prefetch="auto"`` prefetches."""
+
 RESULT_BATCH_SECONDS = 0.002
 """How long a worker may hold a finished result to send it with the next ones of its batch."""
 
@@ -345,7 +352,10 @@ class _ProcessWorkers:
         self.collector = threading.Thread(
             target=self._collect, name=f"{pool.name}-collector", daemon=True
         )
-        self.capacity = 1 + pool.prefetch
+        self.auto = pool.prefetch == "auto"
+        # Tasks a worker may hold; with "auto" it grows once tasks prove short.
+        self.capacity = 1 if self.auto else 1 + pool.prefetch
+        self.recent_running: float | None = None
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -526,6 +536,8 @@ class _ProcessWorkers:
                 with self.lock:
                     for result in finished:
                         self._remove_inflight(worker, result.task_id)
+                        if self.auto:
+                            self._learn_running_time(result)
                     worker.head_since = time.monotonic()
                     self.lock.notify_all()
             for result in results:
@@ -533,6 +545,15 @@ class _ProcessWorkers:
                     retry_or_deliver(self.pool.queues, result)
                 else:
                     self.broker.put_result(result)
+
+    def _learn_running_time(self, result: Result) -> None:
+        running = result.time_running
+        if running is None:
+            return
+        recent = self.recent_running
+        recent = running if recent is None else 0.8 * recent + 0.2 * running
+        self.recent_running = recent
+        self.capacity = 1 + AUTO_PREFETCH if recent < AUTO_PREFETCH_BELOW else 1
 
     @staticmethod
     def _remove_inflight(worker: _Worker, task_id: str) -> None:
