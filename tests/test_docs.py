@@ -1,4 +1,4 @@
-"""Every Python example in docs/ runs as written."""
+"""Every Python example in docs/ and the README runs as written."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def examples():
-    for page in sorted(DOCS.glob("*.md")):
+    for page in PAGES:
         for number, match in enumerate(FENCE.finditer(page.read_text()), start=1):
             yield pytest.param(match.group(1), id=f"{page.stem}-{number}")
 
