@@ -192,3 +192,23 @@ def _alive(pid):
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_leaving_the_pool_on_an_error_stops_running_tasks_at_once(tmp_path):
+    queues = Queues(methods=["wait_for_file"])
+    gate = tmp_path / "gate"
+    start = None
+    with (
+        pytest.raises(RuntimeError, match="leaving"),
+        WorkerPool(queues, [methods.wait_for_file], workers=1) as pool,
+    ):
+        queues.send_inputs(str(gate), method="wait_for_file")
+        wait_until((tmp_path / "gate.started").exists, 30, "the task to start")
+        pids = pool.worker_pids()
+        start = time.monotonic()
+        raise RuntimeError("leaving")
+    assert time.monotonic() - start < 5
+    for pid in pids:
+        wait_until(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
+    # The interrupted task is handed back, not lost.
+    assert sum(queues.broker.queue_depths().values()) == 1

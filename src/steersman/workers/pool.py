@@ -200,8 +200,10 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        # Leaving on an error (an agent failed, Ctrl-C): do not wait for running tasks.
+        # They go back to the broker untouched, so nothing is lost.
+        self.stop(timeout=0.0 if exc_type is not None else 10.0)
 
 
 # ----------------------------------------------------------------------------- threads
