@@ -44,6 +44,17 @@ def test_bad_priority_and_resources_are_clear_errors():
         queues.send_inputs(1, method="add", resources={"gpus": 1})
 
 
+def test_fields_of_the_wrong_type_fail_at_send():
+    queues = Queues(methods=["add"])
+    with pytest.raises(ConfigurationError, match="key must be a string"):
+        queues.send_inputs(1, method="add", key=42)
+    with pytest.raises(ConfigurationError, match="max_retries must be a whole number"):
+        queues.send_inputs(1, method="add", max_retries=2.0)
+    with pytest.raises(SerializationError, match="task_info must be plain data"):
+        queues.send_inputs(1, method="add", task_info={"when": object()})
+    assert queues.active_count() == 0
+
+
 def test_unserializable_input_fails_at_send_and_is_not_counted():
     queues = Queues(methods=["add"])
     with pytest.raises(SerializationError, match="inputs of a 'add' task"):

@@ -383,6 +383,30 @@ def test_misconfigured_agents_fail_before_anything_starts():
     with pytest.raises(ConfigurationError, match="topic 'simulation'.*declared: default"):
         WrongTopic(thread_queues("add")).run()
 
+    class TwoOnOneTopic(BaseThinker):
+        @result_processor
+        def first(self, result):
+            pass
+
+        @result_processor
+        def second(self, result):
+            pass
+
+    with pytest.raises(ConfigurationError, match="several result processors for topic"):
+        TwoOnOneTopic(thread_queues("add")).run()
+
+    class MisspeltEvent(BaseThinker):
+        def __init__(self, queues):
+            super().__init__(queues)
+            self.retrain = threading.Event()
+
+        @event_responder(event_name="retrian")
+        def respond(self):
+            pass
+
+    with pytest.raises(ConfigurationError, match="'retrian', which is not set"):
+        MisspeltEvent(thread_queues("add")).run()
+
     class NoAgents(BaseThinker):
         pass
 

@@ -212,3 +212,24 @@ def test_leaving_the_pool_on_an_error_stops_running_tasks_at_once(tmp_path):
         wait_until(lambda pid=pid: not _alive(pid), 10, f"worker {pid} to exit")
     # The interrupted task is handed back, not lost.
     assert sum(queues.broker.queue_depths().values()) == 1
+
+
+def test_with_prefetch_a_crash_is_blamed_on_the_task_that_ran():
+    queues = Queues(methods=["echo", "die"])
+    with WorkerPool(queues, [methods.echo, methods.die], workers=1, prefetch=4) as pool:
+        pool.wait_for_workers(30)
+        innocent = queues.send_inputs("innocent", method="echo", max_retries=0)
+        culprit = queues.send_inputs(method="die", max_retries=0)
+        results = {r.task_id: r for r in (queues.get_result(timeout=60) for _ in range(2))}
+    assert results[innocent].success, results[innocent].failure
+    assert results[innocent].attempt == 1
+    assert results[culprit].failure.kind == "worker_lost"
+
+
+def test_timeout_clock_starts_when_the_worker_is_ready_not_when_it_boots():
+    queues = Queues(methods=["add"])
+    # The worker has not said it is ready yet; its boot must not count against the task.
+    with WorkerPool(queues, [methods.add], workers=1, start_method="spawn"):
+        queues.send_inputs(1, 2, method="add", timeout=0.05)
+        result = queues.get_result(timeout=60)
+    assert result.success, result.failure

@@ -277,6 +277,17 @@ class _VersionProbe(msgspec.Struct):
 _probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
 
 
+def check_task_info(info: dict[str, Any]) -> None:
+    """``task_info`` travels in the envelope itself: it must be plain data (str keys; str,
+    numbers, bools, None, lists and dicts of them)."""
+    try:
+        _encoder.encode(info)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise SerializationError(
+            f"task_info must be plain data (strings, numbers, lists, dicts): {error}"
+        ) from None
+
+
 def encode(task: Result) -> bytes:
     """The wire form of a task or result."""
     return _encoder.encode(task)

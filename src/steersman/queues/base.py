@@ -18,7 +18,14 @@ from steersman.errors import (
     UnknownTopicError,
 )
 from steersman.flag import Flag, deadline_after, wait_for
-from steersman.task import PRIORITIES, ResourceRequest, Result, dumps, new_task_id
+from steersman.task import (
+    PRIORITIES,
+    ResourceRequest,
+    Result,
+    check_task_info,
+    dumps,
+    new_task_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +133,15 @@ class Queues:
             raise ConfigurationError(
                 f"priority {priority!r} is not one of {', '.join(map(repr, PRIORITIES))}"
             )
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(f"key must be a string, got {type(key).__name__} {key!r}")
+        retries = self.max_retries if max_retries is None else max_retries
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"max_retries must be a whole number >= 0, got {retries!r}")
+        info = dict(task_info or {})
+        check_task_info(info)
         if resources is None:
             request = ResourceRequest()
         elif isinstance(resources, ResourceRequest):
@@ -156,9 +170,9 @@ class Queues:
             resources=request,
             priority=priority,  # type: ignore[arg-type]
             timeout=timeout,
-            max_retries=self.max_retries if max_retries is None else max_retries,
+            max_retries=retries,
             retry_on_exception=retry_on_exception,
-            task_info=dict(task_info or {}),
+            task_info=info,
         )
         task.serialization.serialize_inputs = time.perf_counter() - start
         task.serialization.inputs_bytes = len(inputs)

@@ -239,6 +239,14 @@ class BaseThinker(threading.Thread):
             raise ConfigurationError(f"{type(self).__name__} has no agents; decorate a method")
         for name, _, spec in agents:
             self._check_spec(name, spec)
+        topics = [s.topic for _, _, s in agents if s.kind == "result_processor"]
+        doubled = sorted({t for t in topics if topics.count(t) > 1})
+        if doubled:
+            raise ConfigurationError(
+                f"{type(self).__name__} has several result processors for topic(s) "
+                f"{', '.join(map(repr, doubled))}; each result goes to one of them, so give "
+                "each processor its own topic"
+            )
         self.done.clear()
         self._abort.clear()
         self.failure = None
@@ -328,7 +336,12 @@ class BaseThinker(threading.Thread):
         if spec.kind == "event_responder":
             if not spec.event_name:
                 raise ConfigurationError(f"{where} needs event_name=")
-            event = getattr(self, spec.event_name, None)
+            if not hasattr(self, spec.event_name):
+                raise ConfigurationError(
+                    f"{where} waits on attribute {spec.event_name!r}, which is not set; "
+                    f"create it in __init__: self.{spec.event_name} = threading.Event()"
+                )
+            event = getattr(self, spec.event_name)
             if not isinstance(event, Flag):
                 # Replace a plain Event (or nothing) with a Flag so waits on it never poll.
                 flag = Flag()

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -276,13 +277,16 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+MAX_BOOT_FAILURES = 5
+"""Workers in a row that may die before they are ready before a pool stops replacing them."""
+
+DRAIN_LIMIT = 64
+"""Messages the collector reads from one worker before it looks at the others again."""
+
 AUTO_PREFETCH = 4
 """Tasks a worker may hold beyond the one it runs, with ``prefetch="auto"``, for short tasks."""
 AUTO_PREFETCH_BELOW = 0.005
 """Running time (seconds, recent average) under which ``prefetch="auto"`` prefetches."""
-
-RESULT_BATCH_SECONDS = 0.002
-"""How long a worker may hold a finished result to send it with the next ones of its batch."""
 
 
 def worker_id_for(label: str, pid: int | None = None) -> str:
@@ -310,19 +314,14 @@ def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: byte
                 f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr
             )
             continue
-        outbox: list[Result] = []
-        flush_by = 0.0
-        for position, task in enumerate(tasks, start=1):
+        for task in tasks:
             task.timestamps.picked_up = picked_up
+            # Each result leaves before the next task starts: the pool then knows that the
+            # first task it still counts as in flight is the one running, and blames a
+            # crash or a timeout on the right task.
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
-                if not outbox:
-                    flush_by = time.monotonic() + RESULT_BATCH_SECONDS
-                outbox.append(result)
-                # Short tasks of one batch share a message; a result never waits long for it.
-                if not result.complete or position == len(tasks) or time.monotonic() > flush_by:
-                    conn.send_bytes(encode_batch(outbox))
-                    outbox = []
+                conn.send_bytes(encode_batch([result]))
 
 
 @dataclass(eq=False)
@@ -358,6 +357,9 @@ class _ProcessWorkers:
         # Tasks a worker may hold; with "auto" it grows once tasks prove short.
         self.capacity = 1 if self.auto else 1 + pool.prefetch
         self.recent_running: float | None = None
+        # Pipes of dead workers, closed at stop: the feeder may still be writing to one.
+        self.boot_failures = 0
+        self.closed_later: list[multiprocessing.connection.Connection] = []
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -385,13 +387,18 @@ class _ProcessWorkers:
             self.stopping = True
             self.lock.notify_all()
         self.stop_flag.set()
-        self.feeder.join()
+        deadline = time.monotonic() + timeout
+        self.feeder.join(max(0.0, deadline - time.monotonic()))
         with self.lock:
             workers = [w for w in self.workers if w.alive]
+        if self.feeder.is_alive():
+            # Blocked writing to a busy worker: killing the workers unblocks it.
+            for worker in workers:
+                worker.process.kill()
+            self.feeder.join()
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(b"")
-        deadline = time.monotonic() + timeout
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
         for worker in workers:
@@ -402,6 +409,8 @@ class _ProcessWorkers:
                 worker.process.kill()
         self._wake()
         self.collector.join()
+        for conn in self.closed_later:
+            conn.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
 
@@ -425,7 +434,12 @@ class _ProcessWorkers:
 
     # ---------------------------------------------------------------------------- feeder
     def _has_room(self) -> bool:
-        return any(w.alive and len(w.inflight) < self.capacity for w in self.workers)
+        return any(self._can_take(w) for w in self.workers)
+
+    def _can_take(self, worker: _Worker) -> bool:
+        # Only workers that said "ready": boot and import time must not count against the
+        # first task's timeout.
+        return worker.alive and worker.ready and len(worker.inflight) < self.capacity
 
     def _feed(self) -> None:
         from steersman.flag import wait_for
@@ -444,7 +458,7 @@ class _ProcessWorkers:
                     self.broker.requeue(task, front=True)
                     return
                 worker = min(
-                    (w for w in self.workers if w.alive and len(w.inflight) < self.capacity),
+                    (w for w in self.workers if self._can_take(w)),
                     key=lambda w: len(w.inflight),
                 )
                 batch = [task]
@@ -457,36 +471,78 @@ class _ProcessWorkers:
                 if not worker.inflight:
                     worker.head_since = time.monotonic()
                 worker.inflight.extend(batch)
+            try:
+                message = encode_batch(batch)
+            except (TypeError, ValueError, OverflowError) as error:
+                self._refuse(worker, batch, error)
+                continue
             # If the worker died, the collector gives its tasks back.
             with contextlib.suppress(OSError):
-                worker.conn.send_bytes(encode_batch(batch))
+                worker.conn.send_bytes(message)
             if any(t.timeout is not None for t in batch):
                 self._wake()  # the collector must know the new deadline
 
+    def _refuse(self, worker: _Worker, batch: list[Result], error: Exception) -> None:
+        """Fail tasks that cannot be put on the wire, instead of losing them."""
+        with self.lock:
+            for task in batch:
+                self._remove_inflight(worker, task.task_id)
+            self.lock.notify_all()
+        for task in batch:
+            task.complete = True
+            task.set_failure(
+                Failure(
+                    kind="exception",
+                    type="SerializationError",
+                    message=f"the task could not be sent to a worker: {error}",
+                )
+            )
+            task.timestamps.result_queued = time.time()
+            self.broker.put_result(task)
+
     # ------------------------------------------------------------------------- collector
     def _collect(self) -> None:
-        while True:
-            with self.lock:
-                live = [w for w in self.workers if w.alive]
-                if self.stopping and not live:
-                    return
-                deadline = self._next_deadline(live)
-            waitables: list[Any] = [self.wake_r]
-            for worker in live:
-                waitables.append(worker.conn)
-                waitables.append(worker.process.sentinel)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = set(multiprocessing.connection.wait(waitables, timeout))
-            if self.wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self.wake_r, 4096)
-            for worker in live:
-                if worker.conn in ready:
-                    self._drain(worker)
-                if worker.process.sentinel in ready:
-                    self._drain(worker)
+        # One selector for the pool's life (building one per wait costs more than the wait).
+        selector = selectors.DefaultSelector()
+        selector.register(self.wake_r, selectors.EVENT_READ, None)
+        watched: dict[int, _Worker] = {}
+        try:
+            while True:
+                with self.lock:
+                    live = [w for w in self.workers if w.alive]
+                    if self.stopping and not live:
+                        return
+                    deadline = self._next_deadline(live)
+                for worker in live:
+                    if id(worker) not in watched:
+                        watched[id(worker)] = worker
+                        selector.register(
+                            worker.conn.fileno(), selectors.EVENT_READ, (worker, False)
+                        )
+                        selector.register(
+                            worker.process.sentinel, selectors.EVENT_READ, (worker, True)
+                        )
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                readable: list[_Worker] = []
+                ended: list[_Worker] = []
+                for key, _ in selector.select(timeout):
+                    if key.data is None:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.wake_r, 4096)
+                    else:
+                        (ended if key.data[1] else readable).append(key.data[0])
+                for worker in readable:
+                    if worker not in ended:
+                        self._drain(worker)
+                for worker in ended:
+                    selector.unregister(worker.conn.fileno())
+                    selector.unregister(worker.process.sentinel)
+                    del watched[id(worker)]
+                    self._drain(worker, limit=None)
                     self._bury(worker)
-            self._enforce_timeouts()
+                self._enforce_timeouts()
+        finally:
+            selector.close()
 
     def _next_deadline(self, live: list[_Worker]) -> float | None:
         deadlines = [
@@ -514,9 +570,10 @@ class _ProcessWorkers:
                     )
                     worker.process.kill()
 
-    def _drain(self, worker: _Worker) -> None:
-        """Read every message the worker has written."""
-        while True:
+    def _drain(self, worker: _Worker, limit: int | None = DRAIN_LIMIT) -> None:
+        """Read what the worker has written: at most ``limit`` messages, so one chatty
+        worker cannot keep the collector from deaths, deadlines and other workers."""
+        for _ in itertools.count() if limit is None else range(limit):
             try:
                 if not worker.conn.poll():
                     return
@@ -578,8 +635,25 @@ class _ProcessWorkers:
             self.workers.remove(worker)
             replace = not self.stopping
             self.lock.notify_all()
-        worker.conn.close()
+        self.closed_later.append(worker.conn)
         how = _describe_exit(exitcode)
+        if not worker.ready:
+            self.boot_failures += 1
+            logger.error(
+                "worker %s of %s died before it was ready (%s); can its methods be imported?",
+                worker.worker_id,
+                self.pool.name,
+                how,
+            )
+            if self.boot_failures >= MAX_BOOT_FAILURES:
+                logger.error(
+                    "%s: %d workers in a row died while starting; not starting more",
+                    self.pool.name,
+                    self.boot_failures,
+                )
+                replace = False
+        else:
+            self.boot_failures = 0
         if held:
             running, unstarted = held[0], held[1:]
             for task in reversed(unstarted):
@@ -590,8 +664,14 @@ class _ProcessWorkers:
         if replace:
             fresh = self._spawn(worker.index)
             with self.lock:
-                self.workers.append(fresh)
-                self.lock.notify_all()
+                if not self.stopping:
+                    self.workers.append(fresh)
+                    self.lock.notify_all()
+                    return
+            # stop() began while this worker was starting: it will not be told to stop.
+            fresh.process.kill()
+            fresh.process.join()
+            fresh.conn.close()
 
     def _settle_lost(self, worker: _Worker, task: Result, how: str) -> None:
         info = WorkerInfo(
