@@ -9,7 +9,6 @@ import pytest
 import methods
 from steersman import (
     ConfigurationError,
-    Queues,
     ResultTimeout,
     SerializationError,
     UnknownMethodError,
@@ -18,34 +17,34 @@ from steersman import (
 )
 
 
-def test_unknown_method_is_an_error_naming_the_declared_ones():
-    queues = Queues(methods={"simulate": "sim", "train": "ml"})
+def test_unknown_method_is_an_error_naming_the_declared_ones(make_queues):
+    queues = make_queues(methods={"simulate": "sim", "train": "ml"})
     with pytest.raises(UnknownMethodError, match=r"'simulat' is not declared.*simulate, train"):
         queues.send_inputs(1, method="simulat")
 
 
-def test_unknown_topic_is_an_error_naming_the_declared_ones():
-    queues = Queues(methods=["add"], topics=["sim"])
+def test_unknown_topic_is_an_error_naming_the_declared_ones(make_queues):
+    queues = make_queues(methods=["add"], topics=["sim"])
     with pytest.raises(UnknownTopicError, match=r"'simulation'.*default, sim"):
         queues.send_inputs(1, method="add", topic="simulation")
     with pytest.raises(UnknownTopicError):
         queues.get_result(topic="nope", timeout=0)
 
 
-def test_default_topic_always_exists():
-    assert Queues(methods=["add"], topics=["a"]).topics == ("default", "a")
+def test_default_topic_always_exists(make_queues):
+    assert make_queues(methods=["add"], topics=["a"]).topics == ("default", "a")
 
 
-def test_bad_priority_and_resources_are_clear_errors():
-    queues = Queues(methods=["add"])
+def test_bad_priority_and_resources_are_clear_errors(make_queues):
+    queues = make_queues(methods=["add"])
     with pytest.raises(ConfigurationError, match="priority 'urgent'"):
         queues.send_inputs(1, method="add", priority="urgent")
     with pytest.raises(ConfigurationError, match="known fields"):
         queues.send_inputs(1, method="add", resources={"gpus": 1})
 
 
-def test_fields_of_the_wrong_type_fail_at_send():
-    queues = Queues(methods=["add"])
+def test_fields_of_the_wrong_type_fail_at_send(make_queues):
+    queues = make_queues(methods=["add"])
     with pytest.raises(ConfigurationError, match="key must be a string"):
         queues.send_inputs(1, method="add", key=42)
     with pytest.raises(ConfigurationError, match="max_retries must be a whole number"):
@@ -55,21 +54,21 @@ def test_fields_of_the_wrong_type_fail_at_send():
     assert queues.active_count() == 0
 
 
-def test_unserializable_input_fails_at_send_and_is_not_counted():
-    queues = Queues(methods=["add"])
+def test_unserializable_input_fails_at_send_and_is_not_counted(make_queues):
+    queues = make_queues(methods=["add"])
     with pytest.raises(SerializationError, match="inputs of a 'add' task"):
         queues.send_inputs(threading.Lock(), method="add")
     assert queues.active_count() == 0
 
 
-def test_get_result_times_out_with_a_clear_error():
-    queues = Queues(methods=["add"])
+def test_get_result_times_out_with_a_clear_error(make_queues):
+    queues = make_queues(methods=["add"])
     with pytest.raises(ResultTimeout, match="no result on topic 'default' within 0.05 s"):
         queues.get_result(timeout=0.05)
 
 
-def test_results_come_back_on_their_topic_and_counts_drop():
-    queues = Queues(methods=["add"], topics=["a", "b"])
+def test_results_come_back_on_their_topic_and_counts_drop(make_queues):
+    queues = make_queues(methods=["add"], topics=["a", "b"])
     with WorkerPool(queues, [methods.add], mode="thread"):
         queues.send_inputs(1, 2, method="add", topic="a")
         queues.send_inputs(3, method="add", input_kwargs={"b": 4}, topic="b")
@@ -80,8 +79,8 @@ def test_results_come_back_on_their_topic_and_counts_drop():
         assert queues.active_count() == 0
 
 
-def test_wait_until_done_times_out_while_results_are_untaken():
-    queues = Queues(methods=["add"])
+def test_wait_until_done_times_out_while_results_are_untaken(make_queues):
+    queues = make_queues(methods=["add"])
     with WorkerPool(queues, [methods.add], mode="thread"):
         queues.send_inputs(1, method="add")
         assert not queues.wait_until_done(timeout=0.1)
@@ -89,8 +88,8 @@ def test_wait_until_done_times_out_while_results_are_untaken():
         assert queues.wait_until_done(timeout=10)
 
 
-def test_high_priority_lane_is_served_before_normal_before_low():
-    queues = Queues(methods=["echo"])
+def test_high_priority_lane_is_served_before_normal_before_low(make_queues):
+    queues = make_queues(methods=["echo"])
     for priority in ["low", "normal", "high", "low", "normal", "high"]:
         queues.send_inputs(priority, method="echo", priority=priority)
     with WorkerPool(queues, [methods.echo], mode="thread", workers=1):
@@ -98,8 +97,8 @@ def test_high_priority_lane_is_served_before_normal_before_low():
     assert order == ["high", "high", "normal", "normal", "low", "low"]
 
 
-def test_submission_with_a_known_key_is_not_run_again():
-    queues = Queues(methods=["echo"])
+def test_submission_with_a_known_key_is_not_run_again(make_queues):
+    queues = make_queues(methods=["echo"])
     first = queues.send_inputs("a", method="echo", key="molecule-1")
     second = queues.send_inputs("b", method="echo", key="molecule-1")
     assert first == second
@@ -110,16 +109,16 @@ def test_submission_with_a_known_key_is_not_run_again():
             queues.get_result(timeout=0.2)
 
 
-def test_task_info_round_trips_unchanged():
-    queues = Queues(methods=["add"])
+def test_task_info_round_trips_unchanged(make_queues):
+    queues = make_queues(methods=["add"])
     info = {"round": 3, "tags": ["x", "y"], "score": 0.5}
     with WorkerPool(queues, [methods.add], workers=1):
         queues.send_inputs(1, method="add", task_info=info)
         assert queues.get_result(timeout=30).task_info == info
 
 
-def test_keep_inputs_false_drops_inputs_from_the_result():
-    queues = Queues(methods=["add"])
+def test_keep_inputs_false_drops_inputs_from_the_result(make_queues):
+    queues = make_queues(methods=["add"])
     with WorkerPool(queues, [methods.add], mode="thread"):
         queues.send_inputs(1, method="add", keep_inputs=False)
         result = queues.get_result(timeout=10)
@@ -129,8 +128,8 @@ def test_keep_inputs_false_drops_inputs_from_the_result():
         _ = result.args
 
 
-def test_every_result_has_ordered_timestamps_and_non_negative_overhead():
-    queues = Queues(methods=["sleep_then"])
+def test_every_result_has_ordered_timestamps_and_non_negative_overhead(make_queues):
+    queues = make_queues(methods=["sleep_then"])
     with WorkerPool(queues, [methods.sleep_then], workers=2):
         for i in range(20):
             queues.send_inputs(0.01 * (i % 3), i, method="sleep_then")

@@ -1,0 +1,130 @@
+"""What only the Redis broker has to prove: signing, isolation, leases, results once."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import pytest
+import redis
+
+import methods
+from steersman import ConfigurationError, Queues, ResultTimeout, WorkerPool
+from steersman.brokers.redis import RedisBroker
+
+
+def broker(server, namespace=None, **options):
+    options.setdefault("hmac_key", b"test-signing-key")
+    return RedisBroker(server.url, namespace=namespace or f"t{uuid.uuid4().hex[:10]}", **options)
+
+
+def test_forged_and_garbled_tasks_are_rejected_and_the_worker_keeps_serving(redis_server, caplog):
+    good = broker(redis_server)
+    queues = Queues(methods=["add"], broker=good)
+    forger = broker(redis_server, namespace=good.namespace, hmac_key=b"someone-else")
+    Queues(methods=["add"], broker=forger).send_inputs(1, 1, method="add")
+    # A garbled one: bytes pushed straight into the lane, as anyone reaching Redis could.
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset(f"{good.namespace}:task", "junk", b"\x00garbage")
+    raw.hset(f"{good.namespace}:laneof", "junk", "default")
+    raw.rpush(f"{good.namespace}:lane:default", "junk")
+    with caplog.at_level(logging.ERROR), WorkerPool(queues, [methods.add], mode="thread"):
+        queues.send_inputs(2, 3, method="add")
+        assert queues.get_result(timeout=30).value == 5
+        with pytest.raises(ResultTimeout):
+            queues.get_result(timeout=0.5)
+    rejected = [r.message for r in caplog.records if "rejected task" in r.message]
+    assert len(rejected) == 2
+    assert any("signature does not match" in m for m in rejected)
+    assert any("garbled" in m or "signature" in m for m in rejected)
+    for b in (good, forger):
+        b.close()
+
+
+def test_two_namespaces_on_one_redis_never_see_each_others_tasks(redis_server):
+    first, second = broker(redis_server), broker(redis_server)
+    queues_a = Queues(methods=["echo"], broker=first)
+    queues_b = Queues(methods=["echo"], broker=second)
+    for i in range(20):
+        queues_a.send_inputs(("a", i), method="echo")
+        queues_b.send_inputs(("b", i), method="echo")
+    with WorkerPool(queues_a, [methods.echo], mode="thread", workers=2):
+        seen = [queues_a.get_result(timeout=30).value[0] for _ in range(20)]
+        with pytest.raises(ResultTimeout):
+            queues_a.get_result(timeout=0.3)
+    assert seen == ["a"] * 20
+    assert second.queue_depths() == {"default": 20}
+    for b in (first, second):
+        b.close()
+
+
+def test_task_of_a_consumer_whose_lease_runs_out_goes_to_another(redis_server):
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    client = broker(redis_server, namespace)
+    queues = Queues(methods=["add"], broker=client)
+    queues.send_inputs(20, 22, method="add")
+    # A consumer takes the task, then goes silent (as a killed host would).
+    doomed = broker(redis_server, namespace, lease_seconds=0.3)
+    taken = doomed.get_task(["default"], timeout=5)
+    assert taken is not None
+    doomed._heart_stop.set()
+    doomed._heart.join()
+    rescuer = broker(redis_server, namespace, lease_seconds=0.3)
+    start = time.monotonic()
+    with WorkerPool(Queues(methods=["add"], broker=rescuer), [methods.add], mode="thread"):
+        result = queues.get_result(timeout=30)
+    assert result.value == 42
+    assert result.attempt == 2
+    assert time.monotonic() - start < 10
+    for b in (client, doomed, rescuer):
+        b.close()
+
+
+def test_a_task_that_ran_twice_yields_one_result(redis_server):
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    client = broker(redis_server, namespace)
+    queues = Queues(methods=["add"], broker=client)
+    queues.send_inputs(1, 2, method="add")
+    slow = broker(redis_server, namespace)
+    task = slow.get_task(["default"], timeout=5)
+    fast = broker(redis_server, namespace)
+    # The slow consumer's lease is taken from it; another runs the task and reports first.
+    fast.requeue(task)
+    again = fast.get_task(["default"], timeout=5)
+    again.set_value(3)
+    again.complete = True
+    fast.put_result(again)
+    task.set_value(3)
+    task.complete = True
+    slow.put_result(task)  # the slow worker came back
+    assert queues.get_result(timeout=10).value == 3
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    for b in (client, slow, fast):
+        b.close()
+
+
+def test_unsigned_messages_to_a_remote_redis_are_refused():
+    with pytest.raises(ConfigurationError, match="refusing unsigned messages"):
+        RedisBroker("redis://10.1.2.3:6379/0", hmac_key=None)
+    RedisBroker("redis://10.1.2.3:6379/0", hmac_key=None, insecure=True).redis.close()
+
+
+def test_max_retries_counts_lost_leases(redis_server):
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    client = broker(redis_server, namespace)
+    queues = Queues(methods=["add"], broker=client)
+    queues.send_inputs(1, 1, method="add", max_retries=0)
+    doomed = broker(redis_server, namespace, lease_seconds=0.2)
+    assert doomed.get_task(["default"], timeout=5) is not None
+    doomed._heart_stop.set()
+    doomed._heart.join()
+    rescuer = broker(redis_server, namespace, lease_seconds=0.2)
+    with WorkerPool(Queues(methods=["add"], broker=rescuer), [methods.add], mode="thread"):
+        result = queues.get_result(timeout=30)
+    assert result.success is False
+    assert result.failure.kind == "worker_lost"
+    assert "max_retries=0" in result.failure.message
+    for b in (client, doomed, rescuer):
+        b.close()
