@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,11 +22,17 @@ def examples():
 
 
 @pytest.mark.parametrize("code", list(examples()))
-def test_doc_example_runs(code, tmp_path):
+def test_doc_example_runs(code, tmp_path, redis_server):
     script = tmp_path / "example.py"
     script.write_text(code)
+    env = {**os.environ, "STEERSMAN_REDIS_URL": redis_server.url}
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     # Where an example states its output in a trailing comment, hold it to that.
