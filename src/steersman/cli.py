@@ -96,6 +96,86 @@ def demo(budget: int, candidates: int, seed: int) -> None:
     console.print(table)
 
 
+def _import_method(path: str):
+    import importlib
+
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{path!r} is not of the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise click.BadParameter(f"cannot import {module_name!r}: {error}") from None
+    try:
+        return attribute, getattr(module, attribute)
+    except AttributeError:
+        raise click.BadParameter(f"module {module_name!r} has no {attribute!r}") from None
+
+
+@main.command()
+@click.option("--redis", "redis_url", required=True, help="Redis URL, e.g. redis://host:6379/0.")
+@click.option("--namespace", default="steersman", show_default=True, help="The run to serve.")
+@click.option(
+    "--queues",
+    "lanes",
+    required=True,
+    help="Lanes to serve, highest priority first, e.g. sim:high,sim.",
+)
+@click.option(
+    "--method",
+    "method_paths",
+    multiple=True,
+    required=True,
+    help="A method this worker may run, as package.module:function (repeat for more).",
+)
+@click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--grace", default=30.0, show_default=True, help="Seconds SIGTERM waits for running tasks."
+)
+@click.option(
+    "--lease",
+    default=10.0,
+    show_default=True,
+    help="Seconds before a silent worker's tasks go to others.",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Allow unsigned messages to a Redis not on this machine."
+)
+def worker(redis_url, namespace, lanes, method_paths, concurrency, grace, lease, insecure):
+    """Serve tasks from Redis with local worker processes, until SIGTERM or Ctrl-C.
+
+    Runs only the methods named with --method, chosen by name from each task. On SIGTERM,
+    running tasks get --grace seconds to finish; unfinished ones go back to Redis.
+    Messages are signed with $STEERSMAN_HMAC_KEY when it is set.
+
+    Example: steersman worker --redis redis://head:6379/0 --queues sim:high,sim
+    --method mychem.tasks:simulate --concurrency 4
+    """
+    import signal
+    import threading
+
+    from steersman import Queues, WorkerPool
+    from steersman.brokers.redis import RedisBroker
+
+    methods = dict(_import_method(path) for path in method_paths)
+    lane_list = [lane.strip() for lane in lanes.split(",") if lane.strip()]
+    broker = RedisBroker(redis_url, namespace, insecure=insecure, lease_seconds=lease)
+    queues = Queues(methods=dict.fromkeys(methods, lane_list[0].split(":")[0]), broker=broker)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pool = WorkerPool(queues, methods, workers=concurrency, lanes=lane_list).start()
+    errors.print(
+        f"steersman worker: {concurrency} process(es) serving {', '.join(lane_list)} "
+        f"of namespace {namespace!r} at {redis_url}"
+    )
+    while not stop.wait(3600):  # the handler sets it; the timeout only lets signals in
+        pass
+    errors.print(f"steersman worker: stopping; running tasks get {grace:g} s")
+    pool.stop(timeout=grace)
+    broker.close()
+
+
 def run() -> None:
     """Entry point that turns steersman's own errors into one line and a non-zero exit."""
     try:

@@ -136,13 +136,19 @@ class WorkerPool:
         start_method: str | None = None,
         prefetch: int | Literal["auto"] = "auto",
         name: str | None = None,
+        lanes: list[str] | None = None,
     ) -> None:
         self.queues = queues
         self.methods = _method_table(methods)
         for method in self.methods:
             queues.queue_of(method)  # raises, naming the declared methods, if unknown
-        self.serves: list[str] = list(dict.fromkeys(queues.queue_of(m) for m in self.methods))
-        self.lanes = [lane_name(q, p) for p in PRIORITIES for q in self.serves]
+        if lanes:
+            # Served in exactly this order (a standalone worker's --queues sim:high,sim).
+            self.lanes = list(lanes)
+            self.serves = list(dict.fromkeys(lane.split(":")[0] for lane in self.lanes))
+        else:
+            self.serves = list(dict.fromkeys(queues.queue_of(m) for m in self.methods))
+            self.lanes = [lane_name(q, p) for p in PRIORITIES for q in self.serves]
         if workers < 1:
             raise ConfigurationError(f"workers must be at least 1, got {workers}")
         if mode not in ("process", "thread"):
@@ -295,7 +301,9 @@ def worker_id_for(label: str, pid: int | None = None) -> str:
 
 def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: bytes, label: str):
     """Entry point of a worker process: read batches of tasks, write results, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
+    # Ctrl-C and SIGTERM are the parent's to handle: it lets running tasks finish first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     conn.send_bytes(b"ready")

@@ -1,0 +1,119 @@
+"""`steersman worker`: a standalone worker serving a namespace in Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from steersman import Queues
+from steersman.brokers.redis import RedisBroker
+
+TESTS = Path(__file__).resolve().parent
+
+
+def start_worker(server, namespace, *extra):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "STEERSMAN_HMAC_KEY": "test-signing-key"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steersman.cli",
+            "worker",
+            "--redis",
+            server.url,
+            "--namespace",
+            namespace,
+            "--queues",
+            "sim:high,sim",
+            "--method",
+            "methods:add",
+            "--method",
+            "methods:wait_for_file",
+            "--concurrency",
+            "2",
+            *extra,
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def namespace():
+    return f"cli{uuid.uuid4().hex[:10]}"
+
+
+def client(server, namespace):
+    broker = RedisBroker(server.url, namespace, hmac_key=b"test-signing-key")
+    return broker, Queues(methods={"add": "sim", "wait_for_file": "sim"}, broker=broker)
+
+
+def test_standalone_worker_serves_tasks_and_stops_on_sigterm(redis_server, namespace):
+    broker, queues = client(redis_server, namespace)
+    proc = start_worker(redis_server, namespace)
+    try:
+        for i in range(10):
+            queues.send_inputs(i, 1, method="add", priority="high" if i % 2 else "normal")
+        values = sorted(queues.get_result(timeout=60).value for _ in range(10))
+        assert values == list(range(1, 11))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        broker.close()
+
+
+def test_sigterm_mid_task_lets_it_finish_and_its_result_arrives_once(
+    redis_server, namespace, tmp_path
+):
+    broker, queues = client(redis_server, namespace)
+    proc = start_worker(redis_server, namespace, "--grace", "30")
+    gate = tmp_path / "gate"
+    try:
+        queues.send_inputs(str(gate), method="wait_for_file")
+        wait_until((tmp_path / "gate.started").exists, 60, "the task to start")
+        proc.send_signal(signal.SIGTERM)
+        # Only once the worker is stopping does the task get to finish (within the grace).
+        lines = iter(proc.stderr.readline, "")
+        assert any("stopping" in line for line in lines)
+        gate.touch()
+        result = queues.get_result(timeout=60)
+        assert result.success, result.failure
+        assert proc.wait(60) == 0
+        from steersman import ResultTimeout
+
+        with pytest.raises(ResultTimeout):
+            queues.get_result(timeout=0.5)
+    finally:
+        proc.kill()
+        broker.close()
+
+
+def test_worker_with_a_method_that_does_not_import_says_so(redis_server, namespace):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steersman.cli",
+            "worker",
+            "--redis",
+            redis_server.url,
+            "--queues",
+            "sim",
+            "--method",
+            "no_such_module:simulate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "cannot import 'no_such_module'" in done.stderr
