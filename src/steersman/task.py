@@ -197,6 +197,21 @@ class Result(msgspec.Struct, kw_only=True, dict=True):
         self.value_data = None
         self.__dict__["_value_cache"] = None
 
+    def fail_as_lost(self, what_happened: str, attempts: int) -> None:
+        """Make this the final Result of a task whose workers kept dying: no retries left."""
+        self.complete = True
+        self.set_failure(
+            Failure(
+                kind="worker_lost",
+                type="WorkerLost",
+                message=(
+                    f"{what_happened} on each of {attempts} attempt(s); "
+                    f"max_retries={self.max_retries} is used up"
+                ),
+            )
+        )
+        self.timestamps.result_queued = time.time()
+
     @property
     def time_running(self) -> float | None:
         """Seconds the method ran, on the worker's clock."""

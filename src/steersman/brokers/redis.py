@@ -38,7 +38,7 @@ import redis
 
 from steersman.errors import ConfigurationError, EnvelopeError, SteersmanError
 from steersman.flag import Flag
-from steersman.task import Failure, Result, decode, encode
+from steersman.task import Result, decode, encode
 
 logger = logging.getLogger(__name__)
 
@@ -389,18 +389,7 @@ class RedisBroker:
             return None
         task.attempt += lost
         if task.attempt > task.max_retries + 1:
-            task.complete = True
-            task.set_failure(
-                Failure(
-                    kind="worker_lost",
-                    type="WorkerLost",
-                    message=(
-                        f"the worker holding this task stopped answering on each of "
-                        f"{task.attempt - 1} attempt(s); max_retries={task.max_retries} is used up"
-                    ),
-                )
-            )
-            task.timestamps.result_queued = time.time()
+            task.fail_as_lost("the worker holding this task stopped answering", task.attempt - 1)
             self.put_result(task)
             return None
         return task

@@ -716,16 +716,5 @@ class _ProcessWorkers:
             task.method,
         )
         task.worker = info
-        task.complete = True
-        task.set_failure(
-            Failure(
-                kind="worker_lost",
-                type="WorkerLost",
-                message=(
-                    f"the worker process running this task died ({how}) on each of "
-                    f"{task.attempt} attempt(s); max_retries={task.max_retries} is used up"
-                ),
-            )
-        )
-        task.timestamps.result_queued = time.time()
+        task.fail_as_lost(f"the worker process running this task died ({how})", task.attempt)
         self.broker.put_result(task)
