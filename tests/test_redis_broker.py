@@ -19,6 +19,13 @@ def broker(server, namespace=None, **options):
     return RedisBroker(server.url, namespace=namespace or f"t{uuid.uuid4().hex[:10]}", **options)
 
 
+def take_and_go_silent(server, namespace, lease_seconds):
+    """A consumer takes the next task, then stops answering, as a killed host would."""
+    doomed = broker(server, namespace, lease_seconds=lease_seconds)
+    assert doomed.get_task(["default"], timeout=5) is not None
+    doomed.close()  # no more heartbeats; its held task stays held until the lease runs out
+
+
 def test_forged_and_garbled_tasks_are_rejected_and_the_worker_keeps_serving(redis_server, caplog):
     good = broker(redis_server)
     queues = Queues(methods=["add"], broker=good)
@@ -64,12 +71,7 @@ def test_task_of_a_consumer_whose_lease_runs_out_goes_to_another(redis_server):
     client = broker(redis_server, namespace)
     queues = Queues(methods=["add"], broker=client)
     queues.send_inputs(20, 22, method="add")
-    # A consumer takes the task, then goes silent (as a killed host would).
-    doomed = broker(redis_server, namespace, lease_seconds=0.3)
-    taken = doomed.get_task(["default"], timeout=5)
-    assert taken is not None
-    doomed._heart_stop.set()
-    doomed._heart.join()
+    take_and_go_silent(redis_server, namespace, lease_seconds=0.3)
     rescuer = broker(redis_server, namespace, lease_seconds=0.3)
     start = time.monotonic()
     with WorkerPool(Queues(methods=["add"], broker=rescuer), [methods.add], mode="thread"):
@@ -77,7 +79,7 @@ def test_task_of_a_consumer_whose_lease_runs_out_goes_to_another(redis_server):
     assert result.value == 42
     assert result.attempt == 2
     assert time.monotonic() - start < 10
-    for b in (client, doomed, rescuer):
+    for b in (client, rescuer):
         b.close()
 
 
@@ -116,15 +118,12 @@ def test_max_retries_counts_lost_leases(redis_server):
     client = broker(redis_server, namespace)
     queues = Queues(methods=["add"], broker=client)
     queues.send_inputs(1, 1, method="add", max_retries=0)
-    doomed = broker(redis_server, namespace, lease_seconds=0.2)
-    assert doomed.get_task(["default"], timeout=5) is not None
-    doomed._heart_stop.set()
-    doomed._heart.join()
+    take_and_go_silent(redis_server, namespace, lease_seconds=0.2)
     rescuer = broker(redis_server, namespace, lease_seconds=0.2)
     with WorkerPool(Queues(methods=["add"], broker=rescuer), [methods.add], mode="thread"):
         result = queues.get_result(timeout=30)
     assert result.success is False
     assert result.failure.kind == "worker_lost"
     assert "max_retries=0" in result.failure.message
-    for b in (client, doomed, rescuer):
+    for b in (client, rescuer):
         b.close()
