@@ -112,9 +112,72 @@ def _import_method(path: str):
         raise click.BadParameter(f"module {module_name!r} has no {attribute!r}") from None
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
+    """Read a worker's options from a TOML file's [worker] table; the command line wins."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle).get("worker", {})
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise click.BadParameter(f"cannot read {path}: {error}") from None
+    known = {p.name for p in ctx.command.params}
+    aliases = {"redis": "redis_url", "queues": "lanes", "methods": "method_paths"}
+    defaults = {}
+    for name, value in table.items():
+        option = aliases.get(name, name.replace("-", "_"))
+        if option not in known:
+            raise click.BadParameter(
+                f"{path}: unknown worker setting {name!r}; known: redis, namespace, queues, "
+                "methods, concurrency, prefetch, grace, lease, burst, max_idle, insecure"
+            )
+        if option == "lanes" and isinstance(value, list):
+            value = ",".join(value)
+        defaults[option] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def _redis_options(func):
+    """--redis, --namespace and --insecure, shared by every command that talks to Redis."""
+    func = click.option(
+        "--insecure", is_flag=True, help="Allow unsigned messages to a Redis not on this machine."
+    )(func)
+    func = click.option(
+        "--namespace",
+        envvar="STEERSMAN_NAMESPACE",
+        default="steersman",
+        show_default=True,
+        help="The run (namespace in Redis). Env: STEERSMAN_NAMESPACE.",
+    )(func)
+    return click.option(
+        "--redis",
+        "redis_url",
+        envvar="STEERSMAN_REDIS_URL",
+        required=True,
+        help="Redis URL, e.g. redis://host:6379/0 (rediss:// for TLS, user:password@ for "
+        "ACLs). Env: STEERSMAN_REDIS_URL.",
+    )(func)
+
+
+def _admin_broker(redis_url: str, namespace: str, insecure: bool):
+    from steersman.brokers.redis import RedisBroker
+
+    return RedisBroker(redis_url, namespace, insecure=insecure, connect_timeout=10)
+
+
 @main.command()
-@click.option("--redis", "redis_url", required=True, help="Redis URL, e.g. redis://host:6379/0.")
-@click.option("--namespace", default="steersman", show_default=True, help="The run to serve.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file whose [worker] table sets any option below (the command line wins).",
+)
+@_redis_options
 @click.option(
     "--queues",
     "lanes",
@@ -130,6 +193,12 @@ def _import_method(path: str):
 )
 @click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
 @click.option(
+    "--prefetch",
+    default="auto",
+    show_default=True,
+    help="Tasks a process may hold beyond the one it runs (a number, or auto).",
+)
+@click.option(
     "--grace", default=30.0, show_default=True, help="Seconds SIGTERM waits for running tasks."
 )
 @click.option(
@@ -138,18 +207,39 @@ def _import_method(path: str):
     show_default=True,
     help="Seconds before a silent worker's tasks go to others.",
 )
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing runs.")
 @click.option(
-    "--insecure", is_flag=True, help="Allow unsigned messages to a Redis not on this machine."
+    "--max-idle",
+    type=float,
+    default=None,
+    help="Exit after this many seconds without a task (for batch allocations).",
 )
-def worker(redis_url, namespace, lanes, method_paths, concurrency, grace, lease, insecure):
+def worker(
+    redis_url,
+    namespace,
+    insecure,
+    lanes,
+    method_paths,
+    concurrency,
+    prefetch,
+    grace,
+    lease,
+    burst,
+    max_idle,
+):
     """Serve tasks from Redis with local worker processes, until SIGTERM or Ctrl-C.
 
     Runs only the methods named with --method, chosen by name from each task. On SIGTERM,
-    running tasks get --grace seconds to finish; unfinished ones go back to Redis.
-    Messages are signed with $STEERSMAN_HMAC_KEY when it is set.
+    running tasks get --grace seconds to finish; unfinished ones go back to Redis. If Redis
+    goes away the worker waits for it, retrying with backoff, for ever. Messages are signed
+    with $STEERSMAN_HMAC_KEY (the key, or @path of a file holding it) when it is set.
 
     Example: steersman worker --redis redis://head:6379/0 --queues sim:high,sim
     --method mychem.tasks:simulate --concurrency 4
+
+    The same from a file: steersman worker --config worker.toml, where worker.toml has
+    a [worker] table with redis = "...", queues = ["sim:high", "sim"],
+    methods = ["mychem.tasks:simulate"], concurrency = 4.
     """
     import signal
     import threading
@@ -157,23 +247,184 @@ def worker(redis_url, namespace, lanes, method_paths, concurrency, grace, lease,
     from steersman import Queues, WorkerPool
     from steersman.brokers.redis import RedisBroker
 
+    if isinstance(method_paths, str):
+        method_paths = [method_paths]
     methods = dict(_import_method(path) for path in method_paths)
     lane_list = [lane.strip() for lane in lanes.split(",") if lane.strip()]
-    broker = RedisBroker(redis_url, namespace, insecure=insecure, lease_seconds=lease)
+    if not lane_list:
+        raise click.BadParameter("name at least one lane, e.g. sim", param_hint="--queues")
+    if prefetch != "auto":
+        try:
+            prefetch = int(prefetch)
+        except ValueError:
+            raise click.BadParameter("a whole number or auto", param_hint="--prefetch") from None
+    broker = RedisBroker(
+        redis_url, namespace, insecure=insecure, lease_seconds=lease, connect_timeout=None
+    )
     queues = Queues(methods=dict.fromkeys(methods, lane_list[0].split(":")[0]), broker=broker)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    pool = WorkerPool(queues, methods, workers=concurrency, lanes=lane_list).start()
+    pool = WorkerPool(
+        queues, methods, workers=concurrency, lanes=lane_list, prefetch=prefetch
+    ).start()
     errors.print(
         f"steersman worker: {concurrency} process(es) serving {', '.join(lane_list)} "
         f"of namespace {namespace!r} at {redis_url}"
     )
-    while not stop.wait(3600):  # the handler sets it; the timeout only lets signals in
-        pass
-    errors.print(f"steersman worker: stopping; running tasks get {grace:g} s")
+    why = "stopping"
+    # Burst and idle limits are checked twice a second; otherwise the wait only lets signals in.
+    period = 0.5 if (burst or max_idle is not None) else 3600
+    while not stop.wait(period):
+        idle = pool.idle_seconds()
+        if idle is None:
+            continue
+        if max_idle is not None and idle >= max_idle:
+            why = f"idle for {idle:.0f} s"
+            break
+        if burst and not any(broker.queue_depths().get(lane) for lane in lane_list):
+            why = "queues empty (--burst)"
+            break
+    errors.print(f"steersman worker: {why}; running tasks get {grace:g} s")
     pool.stop(timeout=grace)
     broker.close()
+
+
+@main.command()
+@_redis_options
+@click.option(
+    "--watch",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until Ctrl-C.",
+)
+def status(redis_url, namespace, insecure, watch):
+    """Show a run's queues (waiting, in flight, done, failed) and its live workers.
+
+    Example: steersman status --redis redis://head:6379/0 --namespace run42 --watch 2
+    """
+    broker = _admin_broker(redis_url, namespace, insecure)
+    try:
+        if watch is None:
+            console.print(_status_view(broker.status()))
+            return
+        from rich.live import Live
+
+        with Live(_status_view(broker.status()), console=console, auto_refresh=False) as live:
+            import threading
+
+            pause = threading.Event()
+            try:
+                while not pause.wait(watch):
+                    live.update(_status_view(broker.status()), refresh=True)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        broker.close()
+
+
+def _status_view(state):
+    import time
+
+    from rich.console import Group
+
+    queues = Table(title=f"queues of namespace {state['namespace']!r}")
+    for column in ("queue", "waiting", "in flight", "done", "failed"):
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for name, row in sorted(state["queues"].items()):
+        queues.add_row(name, *(str(row[k]) for k in ("depth", "in_flight", "done", "failed")))
+    clients = Table(title="workers and clients")
+    for column in ("host", "pid", "role", "lanes", "running", "holds", "last heartbeat"):
+        clients.add_column(column)
+    now = time.time()
+    for info in state["clients"]:
+        beat = info.get("beat")
+        ago = f"{now - beat:.1f} s ago" if beat else "-"
+        if not info.get("alive"):
+            ago += " (lease ran out)"
+        clients.add_row(
+            str(info.get("host", "?")),
+            str(info.get("pid", "?")),
+            str(info.get("role", "?")),
+            ",".join(info.get("lanes", [])) or "-",
+            "\n".join(info.get("running", [])) or "-",
+            str(info.get("held", 0)),
+            ago,
+        )
+    return Group(queues, clients)
+
+
+@main.command()
+@_redis_options
+@click.option("--limit", default=20, show_default=True, help="Show at most this many.")
+@click.option("--requeue", is_flag=True, help="Queue every failed task again as a fresh attempt.")
+def failed(redis_url, namespace, insecure, limit, requeue):
+    """List the tasks of a run that failed, newest first; --requeue runs them again.
+
+    Example: steersman failed --redis redis://head:6379/0 --namespace run42 --requeue
+    """
+    broker = _admin_broker(redis_url, namespace, insecure)
+    try:
+        if requeue:
+            count = broker.requeue_failed()
+            console.print(f"queued {count} failed task(s) again")
+            return
+        results = broker.failed(limit)
+        table = Table(title=f"failed tasks of namespace {namespace!r}")
+        for column in ("task", "method", "attempt", "kind", "reason"):
+            table.add_column(column)
+        for result in results:
+            failure = result.failure
+            table.add_row(
+                result.task_id,
+                result.method,
+                str(result.attempt),
+                failure.kind if failure else "?",
+                str(failure) if failure else "?",
+            )
+        console.print(table)
+    finally:
+        broker.close()
+
+
+@main.command()
+@_redis_options
+@click.argument("task_ids", nargs=-1, required=True)
+def cancel(redis_url, namespace, insecure, task_ids):
+    """Cancel tasks by id: queued ones at once, running ones at their worker's next heartbeat.
+
+    Each cancelled task's Result (failure kind "cancelled") goes to its thinker.
+
+    Example: steersman cancel --redis redis://head:6379/0 --namespace run42 3f2a... 9c1b...
+    """
+    broker = _admin_broker(redis_url, namespace, insecure)
+    try:
+        queued, running = broker.cancel(task_ids)
+        console.print(
+            f"cancelled {queued} queued task(s); asked workers to stop {running} running; "
+            f"{len(task_ids) - queued - running} not found (finished or unknown)"
+        )
+    finally:
+        broker.close()
+
+
+@main.command()
+@_redis_options
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(redis_url, namespace, insecure, queue, yes):
+    """Drop every task waiting in QUEUE (all its priority lanes). Running tasks are kept.
+
+    Example: steersman purge --redis redis://head:6379/0 --namespace run42 sim --yes
+    """
+    if not yes:
+        click.confirm(f"drop every waiting task of queue {queue!r} in {namespace!r}?", abort=True)
+    broker = _admin_broker(redis_url, namespace, insecure)
+    try:
+        console.print(f"dropped {broker.purge(queue)} waiting task(s) of queue {queue!r}")
+    finally:
+        broker.close()
 
 
 def run() -> None:

@@ -135,6 +135,9 @@ class Result(msgspec.Struct, kw_only=True, dict=True):
     success: bool | None = None
     value_data: bytes | None = None
     failure: Failure | None = None
+    # Inputs or a value too big to travel inline sit in the broker's value store under these.
+    inputs_ref: str | None = None
+    value_ref: str | None = None
     worker: WorkerInfo | None = None
     timestamps: Timestamps = msgspec.field(default_factory=Timestamps)
     serialization: Serialization = msgspec.field(default_factory=Serialization)
@@ -196,6 +199,18 @@ class Result(msgspec.Struct, kw_only=True, dict=True):
         self.failure = failure
         self.value_data = None
         self.__dict__["_value_cache"] = None
+
+    def reset_for_retry(self, attempt: int | None = None) -> None:
+        """Clear the outcome so the task can run again, as attempt ``attempt`` (default: next)."""
+        self.attempt = self.attempt + 1 if attempt is None else attempt
+        self.success = None
+        self.failure = None
+        self.value_data = None
+        self.value_ref = None
+        self.complete = False
+        self.__dict__.pop("_value_cache", None)
+        ts = self.timestamps
+        ts.picked_up = ts.started = ts.finished = ts.result_queued = None
 
     def fail_as_lost(self, what_happened: str, attempts: int) -> None:
         """Make this the final Result of a task whose workers kept dying: no retries left."""

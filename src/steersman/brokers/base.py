@@ -23,6 +23,10 @@ class Broker(Protocol):
         queued, running or done is not queued again, and the id of the first one is returned."""
         ...
 
+    def put_tasks(self, tasks: Sequence[Result]) -> list[tuple[str, bool]]:
+        """Queue many tasks at once (one round trip where the broker is remote)."""
+        ...
+
     def get_task(
         self,
         lanes: Sequence[str],
@@ -32,12 +36,27 @@ class Broker(Protocol):
         """Take the next task from the first non-empty lane; ``None`` on timeout or stop."""
         ...
 
+    def get_tasks(
+        self,
+        lanes: Sequence[str],
+        max_count: int = 1,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[Result]:
+        """Take up to ``max_count`` tasks, first lanes first, waiting for at least one;
+        empty on timeout or stop."""
+        ...
+
     def requeue(self, task: Result, front: bool = True) -> None:
         """Put a task taken by a worker back (its worker died or handed it back unstarted)."""
         ...
 
     def put_result(self, result: Result) -> None:
         """Deliver a result to its topic."""
+        ...
+
+    def put_results(self, results: Sequence[Result]) -> None:
+        """Deliver many results at once."""
         ...
 
     def get_result(
@@ -55,4 +74,8 @@ class Broker(Protocol):
 
     def queue_depths(self) -> dict[str, int]:
         """Number of queued tasks per lane."""
+        ...
+
+    def close(self) -> None:
+        """Release what this client holds and disconnect."""
         ...

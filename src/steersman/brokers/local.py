@@ -40,6 +40,9 @@ class LocalBroker:
             self._tasks_cond.notify_all()
         return task.task_id, True
 
+    def put_tasks(self, tasks: Sequence[Result]) -> list[tuple[str, bool]]:
+        return [self.put_task(task) for task in tasks]
+
     def _pop_first(self, lanes: Sequence[str]) -> Result | None:
         for lane in lanes:
             queue = self._lanes.get(lane)
@@ -66,6 +69,25 @@ class LocalBroker:
             if not wait_for(self._tasks_cond, ready, deadline_after(timeout), stop):
                 return None
         return found[0]
+
+    def get_tasks(
+        self,
+        lanes: Sequence[str],
+        max_count: int = 1,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[Result]:
+        first = self.get_task(lanes, timeout, stop)
+        if first is None:
+            return []
+        found = [first]
+        with self._tasks_cond:
+            while len(found) < max_count:
+                task = self._pop_first(lanes)
+                if task is None:
+                    break
+                found.append(task)
+        return found
 
     def requeue(self, task: Result, front: bool = True) -> None:
         with self._tasks_cond:
@@ -107,6 +129,10 @@ class LocalBroker:
             self._topics[result.topic].append(result)
             cond.notify_all()
 
+    def put_results(self, results: Sequence[Result]) -> None:
+        for result in results:
+            self.put_result(result)
+
     def get_result(
         self,
         topic: str,
@@ -119,3 +145,6 @@ class LocalBroker:
             if not wait_for(cond, lambda: bool(queue), deadline_after(timeout), stop):
                 return None
             return queue.popleft()
+
+    def close(self) -> None:
+        """Nothing to release: the embedded broker lives and dies with this process."""

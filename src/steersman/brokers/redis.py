@@ -2,48 +2,70 @@
 
 Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never meet):
 
-- ``{ns}:task``     hash  task id -> signed envelope of a task not yet finished
-- ``{ns}:laneof``   hash  task id -> lane, for handing a task back
-- ``{ns}:lost``     hash  task id -> times its consumer's lease ran out while holding it
-- ``{ns}:lane:L``   list  ids waiting in lane L (``sim:high``, ``sim``, ``sim:low``)
-- ``{ns}:bell:Q``   list  tokens that wake consumers blocked on queue Q
-- ``{ns}:held:C``   list  ids consumer C has taken and not finished
-- ``{ns}:hb:C``     string, expires after the lease: consumer C is alive
-- ``{ns}:consumers`` set  consumers that may hold tasks
-- ``{ns}:result:T`` list  signed envelopes of results on topic T
-- ``{ns}:done:ID``  string, expires: the final result of ID was delivered (once only)
-- ``{ns}:key:K``    string, expires: the id of the task submitted with user key K
+- ``{ns}:task``        hash  task id -> signed envelope of a task not yet finished
+- ``{ns}:laneof``      hash  task id -> lane, for handing a task back
+- ``{ns}:lost``        hash  task id -> leases that ran out while a consumer held it
+- ``{ns}:lane:L``      list  ids waiting in lane L (``sim:high``, ``sim``, ``sim:low``)
+- ``{ns}:bell:Q``      list  tokens that wake consumers blocked on queue Q (at most 64)
+- ``{ns}:held:C``      list  ids client C has taken and not finished (running or prefetched)
+- ``{ns}:hb:C``        string, expires after the lease: client C is alive
+- ``{ns}:info:C``      hash, expires: host, pid, role and current task of C, for ``status``
+- ``{ns}:consumers``   set   clients that may hold tasks or unacknowledged results
+- ``{ns}:result:T``    list  signed envelopes of results on topic T
+- ``{ns}:rbell:T``     list  tokens that wake readers blocked on topic T (at most 64)
+- ``{ns}:unacked:C:T`` list  results C took from topic T and has not acknowledged
+- ``{ns}:utopics:C``   set   topics C holds unacknowledged results of
+- ``{ns}:done:ID``     string, expires: the final result of ID was delivered (once only)
+- ``{ns}:key:K``       string, expires: the id of the task submitted with user key K
+- ``{ns}:failed:ID``   string, expires: the final result of a task that failed
+- ``{ns}:failedidx``   sorted set, expires: failed task ids by time
+- ``{ns}:stats``       hash, expires: ``done:Q`` and ``failed:Q`` counts per queue
+- ``{ns}:cancel``      set, expires: ids of running tasks asked to stop
+- ``{ns}:blob:SHA``    string, expires: inputs or a value too big to travel inline
 
 Every change that moves a task between these places is one Lua script, so a crash between
 two steps cannot lose or duplicate a task. A task is taken with ``LMOVE`` into its
-consumer's held list; if the consumer stops heart-beating, any live consumer hands its held
+consumer's held list; if the consumer stops heart-beating, a live client hands its held
 tasks back (the *reaper*), counting a lost attempt. A final result is pushed only if its
-``done`` marker did not exist: a task may run twice, its result is delivered once.
+``done`` marker did not exist: a task may run twice, its result is delivered once. A reader
+moves results into its own unacknowledged list and acknowledges them when it comes back for
+more, so a reader that dies holding results gives them back too.
+
+Scripts build key names from the namespace, so the broker needs one Redis server (or a
+replicated primary), not a Redis Cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import msgspec
 import redis
 
-from steersman.errors import ConfigurationError, EnvelopeError, SteersmanError
+from steersman.errors import ConfigurationError, EnvelopeError, SerializationError, SteersmanError
 from steersman.flag import Flag
-from steersman.task import Result, decode, encode
+from steersman.task import Failure, Result, decode, encode, lanes_of
 
 logger = logging.getLogger(__name__)
 
 HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
+MiB = 1024 * 1024
 
 
 class BrokerUnavailable(SteersmanError):
@@ -51,107 +73,259 @@ class BrokerUnavailable(SteersmanError):
 
 
 _SUBMIT = """
--- KEYS: task, laneof, lane, bell, keyrec ; ARGV: id, lane, envelope, ttl, has_key
-if ARGV[5] == '1' then
-  local first = redis.call('SET', KEYS[5], ARGV[1], 'NX', 'GET', 'EX', ARGV[4])
-  if first then return first end
+-- ARGV: ns, ttl, then (id, lane, queue, envelope, key or '') per task
+local ns, ttl = ARGV[1], ARGV[2]
+local out, bells = {}, {}
+for i = 3, #ARGV, 5 do
+  local id, lane, queue, envelope, key = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local first = false
+  if key ~= '' then
+    first = redis.call('SET', ns .. ':key:' .. key, id, 'NX', 'GET', 'EX', ttl)
+  end
+  if first and first ~= id then
+    out[#out + 1] = first
+  elseif redis.call('HEXISTS', ns .. ':task', id) == 1
+      or redis.call('EXISTS', ns .. ':done:' .. id) == 1 then
+    out[#out + 1] = id  -- a retried submission that had already landed
+  else
+    redis.call('HSET', ns .. ':task', id, envelope)
+    redis.call('HSET', ns .. ':laneof', id, lane)
+    redis.call('RPUSH', ns .. ':lane:' .. lane, id)
+    bells[queue] = (bells[queue] or 0) + 1
+    out[#out + 1] = id
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('RPUSH', KEYS[3], ARGV[1])
-redis.call('RPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], -64, -1)
-return ARGV[1]
+for queue, n in pairs(bells) do
+  local bell = ns .. ':bell:' .. queue
+  for _ = 1, math.min(n, 64) do redis.call('RPUSH', bell, '1') end
+  redis.call('LTRIM', bell, -64, -1)
+  redis.call('EXPIRE', bell, ttl)
+end
+return out
 """
 
 _TAKE = """
--- KEYS: task, lost, held, lane1..laneN
-for i = 4, #KEYS do
-  local id = redis.call('LMOVE', KEYS[i], KEYS[3], 'LEFT', 'RIGHT')
-  if id then
-    local envelope = redis.call('HGET', KEYS[1], id)
+-- ARGV: ns, consumer, max, lane1..laneN (highest priority first)
+local ns = ARGV[1]
+local held = ns .. ':held:' .. ARGV[2]
+local want = tonumber(ARGV[3])
+local out, n = {}, 0
+for i = 4, #ARGV do
+  while n < want do
+    local id = redis.call('LMOVE', ns .. ':lane:' .. ARGV[i], held, 'LEFT', 'RIGHT')
+    if not id then break end
+    local envelope = redis.call('HGET', ns .. ':task', id)
     if envelope then
-      return {id, envelope, redis.call('HGET', KEYS[2], id) or '0'}
+      out[#out + 1] = id
+      out[#out + 1] = envelope
+      out[#out + 1] = redis.call('HGET', ns .. ':lost', id) or '0'
+      n = n + 1
+    else
+      redis.call('LREM', held, -1, id)  -- cancelled or finished meanwhile
     end
-    redis.call('LREM', KEYS[3], 1, id)  -- cancelled or finished meanwhile
   end
 end
-return nil
+return out
 """
 
 _DELIVER = """
--- KEYS: result, done, task, laneof, lost, held ; ARGV: id, envelope, ttl, final
-if ARGV[4] == '0' then
-  redis.call('RPUSH', KEYS[1], ARGV[2])
-  return 1
+-- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result
+local ns, ttl, now = ARGV[1], ARGV[3], ARGV[4]
+local held = ns .. ':held:' .. ARGV[2]
+local rung, delivered = {}, 0
+for i = 5, #ARGV, 6 do
+  local id, topic, queue = ARGV[i], ARGV[i+1], ARGV[i+2]
+  local final, failed, envelope = ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local results = ns .. ':result:' .. topic
+  if final == '0' then
+    redis.call('RPUSH', results, envelope)
+    rung[topic] = true
+    delivered = delivered + 1
+  else
+    if redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
+      redis.call('RPUSH', results, envelope)
+      redis.call('EXPIRE', results, ttl)
+      rung[topic] = true
+      delivered = delivered + 1
+      local stats = ns .. ':stats'
+      if failed == '1' then
+        redis.call('HINCRBY', stats, 'failed:' .. queue, 1)
+        redis.call('SET', ns .. ':failed:' .. id, envelope, 'EX', ttl)
+        redis.call('ZADD', ns .. ':failedidx', now, id)
+        redis.call('EXPIRE', ns .. ':failedidx', ttl)
+      else
+        redis.call('HINCRBY', stats, 'done:' .. queue, 1)
+      end
+      redis.call('EXPIRE', stats, ttl)
+    end
+    redis.call('HDEL', ns .. ':task', id)
+    redis.call('HDEL', ns .. ':laneof', id)
+    redis.call('HDEL', ns .. ':lost', id)
+    redis.call('LREM', held, 1, id)
+    redis.call('SREM', ns .. ':cancel', id)
+  end
 end
-local first = redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3])
-if first then
-  redis.call('RPUSH', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+for topic in pairs(rung) do
+  local bell = ns .. ':rbell:' .. topic
+  redis.call('RPUSH', bell, '1')
+  redis.call('LTRIM', bell, -64, -1)
+  redis.call('EXPIRE', bell, ttl)
 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('LREM', KEYS[6], 1, ARGV[1])
-if first then return 1 end
-return 0
+return delivered
 """
 
 _REQUEUE = """
--- KEYS: task, held, lane, bell ; ARGV: id, envelope, front
-redis.call('LREM', KEYS[2], 1, ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] == '1' then
-  redis.call('LPUSH', KEYS[3], ARGV[1])
+-- ARGV: ns, consumer, id, lane, queue, envelope, front
+-- The envelope now carries the whole attempt count, so lost leases are not counted again.
+local ns, id, lane = ARGV[1], ARGV[3], ARGV[4]
+redis.call('LREM', ns .. ':held:' .. ARGV[2], 1, id)
+redis.call('HSET', ns .. ':task', id, ARGV[6])
+redis.call('HSET', ns .. ':laneof', id, lane)
+redis.call('HDEL', ns .. ':lost', id)
+if ARGV[7] == '1' then
+  redis.call('LPUSH', ns .. ':lane:' .. lane, id)
 else
-  redis.call('RPUSH', KEYS[3], ARGV[1])
+  redis.call('RPUSH', ns .. ':lane:' .. lane, id)
 end
-redis.call('RPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], -64, -1)
+redis.call('RPUSH', ns .. ':bell:' .. ARGV[5], '1')
+redis.call('LTRIM', ns .. ':bell:' .. ARGV[5], -64, -1)
 return 1
 """
 
 _REAP = """
--- KEYS: held, hb, consumers, laneof, lost ; ARGV: consumer, namespace
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+-- ARGV: ns, lock_ms, force
+local ns = ARGV[1]
+if ARGV[3] ~= '1' and not redis.call('SET', ns .. ':reaplock', '1', 'NX', 'PX', ARGV[2]) then
+  return -1
+end
 local moved = 0
-while true do
-  local id = redis.call('RPOP', KEYS[1])
-  if not id then break end
-  local lane = redis.call('HGET', KEYS[4], id)
-  if lane then
-    redis.call('LPUSH', ARGV[2] .. ':lane:' .. lane, id)
-    redis.call('HINCRBY', KEYS[5], id, 1)
-    local queue = string.match(lane, '^([^:]+)')
-    redis.call('RPUSH', ARGV[2] .. ':bell:' .. queue, '1')
-    moved = moved + 1
+for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
+  if redis.call('EXISTS', ns .. ':hb:' .. c) == 0 then
+    local held = ns .. ':held:' .. c
+    while true do
+      local id = redis.call('RPOP', held)
+      if not id then break end
+      local lane = redis.call('HGET', ns .. ':laneof', id)
+      if lane then
+        redis.call('LPUSH', ns .. ':lane:' .. lane, id)
+        redis.call('HINCRBY', ns .. ':lost', id, 1)
+        redis.call('RPUSH', ns .. ':bell:' .. string.match(lane, '^([^:]+)'), '1')
+        moved = moved + 1
+      end
+    end
+    local topics = ns .. ':utopics:' .. c
+    for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
+      local unacked = ns .. ':unacked:' .. c .. ':' .. topic
+      local n = 0
+      while true do
+        local item = redis.call('RPOP', unacked)
+        if not item then break end
+        redis.call('LPUSH', ns .. ':result:' .. topic, item)
+        n = n + 1
+      end
+      if n > 0 then redis.call('RPUSH', ns .. ':rbell:' .. topic, '1') end
+      moved = moved + n
+    end
+    redis.call('DEL', topics, ns .. ':info:' .. c)
+    redis.call('SREM', ns .. ':consumers', c)
   end
 end
-redis.call('SREM', KEYS[3], ARGV[1])
 return moved
 """
 
+_TAKE_RESULTS = """
+-- ARGV: ns, consumer, topic, max, ttl. Acknowledges what this reader took before.
+local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
+local unacked = ns .. ':unacked:' .. c .. ':' .. topic
+redis.call('DEL', unacked)
+local items = redis.call('LPOP', ns .. ':result:' .. topic, ARGV[4])
+if not items then return {} end
+redis.call('RPUSH', unacked, unpack(items))
+redis.call('EXPIRE', unacked, ARGV[5])
+redis.call('SADD', ns .. ':utopics:' .. c, topic)
+redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
+return items
+"""
+
+_RELEASE_RESULTS = """
+-- ARGV: ns, consumer, topic, then the envelopes taken but not handed to the caller, in order
+local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
+redis.call('DEL', ns .. ':unacked:' .. c .. ':' .. topic)
+redis.call('SREM', ns .. ':utopics:' .. c, topic)
+for i = #ARGV, 4, -1 do redis.call('LPUSH', ns .. ':result:' .. topic, ARGV[i]) end
+if #ARGV >= 4 then redis.call('RPUSH', ns .. ':rbell:' .. topic, '1') end
+return 1
+"""
+
 _CANCEL = """
--- KEYS: task, laneof ; ARGV: namespace, id1..idN
-local removed = {}
-for i = 2, #ARGV do
+-- ARGV: ns, ttl, running ('1': also flag running tasks), id1..idN
+local ns = ARGV[1]
+local queued, running = {}, {}
+for i = 4, #ARGV do
   local id = ARGV[i]
-  local lane = redis.call('HGET', KEYS[2], id)
-  if lane and redis.call('LREM', ARGV[1] .. ':lane:' .. lane, 0, id) > 0 then
-    local envelope = redis.call('HGET', KEYS[1], id)
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    table.insert(removed, envelope)
+  local lane = redis.call('HGET', ns .. ':laneof', id)
+  if lane and redis.call('LREM', ns .. ':lane:' .. lane, 0, id) > 0 then
+    queued[#queued + 1] = redis.call('HGET', ns .. ':task', id)
+    redis.call('HDEL', ns .. ':task', id)
+    redis.call('HDEL', ns .. ':laneof', id)
+    redis.call('HDEL', ns .. ':lost', id)
+  elseif ARGV[3] == '1' and redis.call('HEXISTS', ns .. ':task', id) == 1 then
+    redis.call('SADD', ns .. ':cancel', id)
+    redis.call('EXPIRE', ns .. ':cancel', ARGV[2])
+    running[#running + 1] = id
   end
 end
-return removed
+return {queued, running}
+"""
+
+_CANCELLED_HELD = """
+-- ARGV: ns, consumer. Ids this consumer holds that someone asked to cancel.
+local ns = ARGV[1]
+local out = {}
+if redis.call('SCARD', ns .. ':cancel') == 0 then return out end
+for _, id in ipairs(redis.call('LRANGE', ns .. ':held:' .. ARGV[2], 0, -1)) do
+  if redis.call('SISMEMBER', ns .. ':cancel', id) == 1 then out[#out + 1] = id end
+end
+return out
+"""
+
+_PURGE = """
+-- ARGV: ns, lane1..laneN. Drops the queued tasks of these lanes; returns how many.
+local ns = ARGV[1]
+local n = 0
+for i = 2, #ARGV do
+  local lane = ns .. ':lane:' .. ARGV[i]
+  for _, id in ipairs(redis.call('LRANGE', lane, 0, -1)) do
+    redis.call('HDEL', ns .. ':task', id)
+    redis.call('HDEL', ns .. ':laneof', id)
+    redis.call('HDEL', ns .. ':lost', id)
+    n = n + 1
+  end
+  redis.call('DEL', lane)
+end
+return n
+"""
+
+_REVIVE = """
+-- ARGV: ns, id, lane, queue, envelope. Queues a failed task again, if still recorded failed.
+local ns, id, lane, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('DEL', ns .. ':failed:' .. id) == 0 then return 0 end
+redis.call('DEL', ns .. ':done:' .. id)
+redis.call('ZREM', ns .. ':failedidx', id)
+redis.call('HINCRBY', ns .. ':stats', 'failed:' .. queue, -1)
+redis.call('HSET', ns .. ':task', id, ARGV[5])
+redis.call('HSET', ns .. ':laneof', id, lane)
+redis.call('RPUSH', ns .. ':lane:' .. lane, id)
+redis.call('RPUSH', ns .. ':bell:' .. queue, '1')
+redis.call('LTRIM', ns .. ':bell:' .. queue, -64, -1)
+return 1
 """
 
 
 def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or "localhost"
-    if host == "localhost" or urlparse(url).scheme == "unix":
+    parsed = urlparse(url)
+    host = parsed.hostname or "localhost"
+    if host == "localhost" or parsed.scheme == "unix":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -167,10 +341,19 @@ def load_hmac_key(key: bytes | str | None = None) -> bytes | None:
             return None
     if isinstance(key, str):
         if key.startswith("@"):
-            with open(key[1:], "rb") as handle:
-                return handle.read().strip()
+            try:
+                with open(key[1:], "rb") as handle:
+                    return handle.read().strip()
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot read the HMAC key file {key[1:]}: {error}"
+                ) from None
         return key.encode()
     return key
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
 class RedisBroker:
@@ -179,9 +362,16 @@ class RedisBroker:
     ``namespace`` isolates runs that share one Redis. Messages are signed with HMAC-SHA256
     when a key is set (``hmac_key`` or ``$STEERSMAN_HMAC_KEY``); a Redis that is not on this
     machine is refused without a key unless ``insecure=True``, because unpickling what anyone
-    who reaches Redis wrote runs their code. ``lease_seconds`` is how long a consumer may
-    stop heart-beating before the tasks it holds go to others; ``ttl_seconds`` is how long
-    results, done markers and key records live.
+    who reaches Redis wrote runs their code. Passwords, ACL users and TLS go in the URL
+    (``rediss://user:password@host:6380/0``).
+
+    ``lease_seconds`` is how long a client may stop heart-beating before the tasks it holds go
+    to others. ``ttl_seconds`` is how long every record the broker writes lives (results, done
+    markers, key records, failed tasks, values by reference). ``connect_timeout`` is how long
+    a call waits for an unreachable Redis before raising :class:`BrokerUnavailable`; ``None``
+    waits for ever (what workers do). Inputs or values over ``inline_limit`` bytes travel by
+    reference through ``value_store`` (Redis itself, or a directory every host shares);
+    anything over ``max_payload_bytes`` is refused with a clear error.
     """
 
     def __init__(
@@ -193,10 +383,16 @@ class RedisBroker:
         insecure: bool = False,
         lease_seconds: float = 10.0,
         ttl_seconds: int = 7 * 24 * 3600,
-        connect_timeout: float = 60.0,
+        connect_timeout: float | None = 60.0,
+        result_batch: int = 64,
+        inline_limit: int = 1 * MiB,
+        max_payload_bytes: int = 256 * MiB,
+        value_store: str | os.PathLike | None = None,
     ) -> None:
         if not namespace or ":" in namespace:
             raise ConfigurationError(f"namespace must be non-empty without ':', got {namespace!r}")
+        if lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds!r}")
         self.url = url
         self.namespace = namespace
         self.key = load_hmac_key(hmac_key)
@@ -208,24 +404,55 @@ class RedisBroker:
         self.lease_seconds = lease_seconds
         self.ttl_seconds = int(ttl_seconds)
         self.connect_timeout = connect_timeout
-        self.redis = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
-        self.consumer = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._submit = self.redis.register_script(_SUBMIT)
-        self._take = self.redis.register_script(_TAKE)
-        self._deliver = self.redis.register_script(_DELIVER)
-        self._requeue = self.redis.register_script(_REQUEUE)
-        self._reap = self.redis.register_script(_REAP)
-        self._cancel = self.redis.register_script(_CANCEL)
+        self.result_batch = result_batch
+        self.inline_limit = inline_limit
+        self.max_payload_bytes = max_payload_bytes
+        self.value_dir = Path(value_store) if value_store is not None else None
+        if self.value_dir is not None:
+            self.value_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.redis = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+        except ValueError as error:
+            raise ConfigurationError(f"bad Redis URL {url!r}: {error}") from None
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.role = "client"
+        self.describers: list[Callable[[], dict[str, Any]]] = []
+        """Worker pools say here what they run now, for ``steersman status``."""
+        self.cancel_handlers: list[Callable[[list[str]], None]] = []
+        """Worker pools are told here which held tasks someone asked to cancel."""
+        self.started = time.time()
+        scripts = {
+            "submit": _SUBMIT,
+            "take": _TAKE,
+            "deliver": _DELIVER,
+            "requeue": _REQUEUE,
+            "reap": _REAP,
+            "take_results": _TAKE_RESULTS,
+            "release_results": _RELEASE_RESULTS,
+            "cancel": _CANCEL,
+            "cancelled_held": _CANCELLED_HELD,
+            "purge": _PURGE,
+            "revive": _REVIVE,
+        }
+        self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
         self._heart: threading.Thread | None = None
         self._heart_stop = threading.Event()
         self._heart_lock = threading.Lock()
+        self._results_lock = threading.Lock()
+        self._buffers: dict[str, deque[bytes]] = {}
+        self._closed = False
 
     # --------------------------------------------------------------------------- keys
     def _k(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
 
+    def _run(self, what: str, *args: Any) -> Any:
+        ns_args = [self.namespace, *args]
+        return self._call(what, self._scripts[what], keys=[], args=ns_args)
+
     # ------------------------------------------------------------------------ signing
     def _seal(self, task: Result) -> bytes:
+        task = self._externalize(task)
         body = encode(task)
         if self.key is None:
             return body
@@ -240,96 +467,189 @@ class RedisBroker:
                     "message signature does not match: forged, or signed with another key"
                 )
             data = body
-        return decode(data)
+        task = decode(data)
+        if task.inputs_ref is not None:
+            task.inputs = self._load_blob(task.inputs_ref)
+            task.inputs_ref = None
+        if task.value_ref is not None:
+            task.value_data = self._load_blob(task.value_ref)
+            task.value_ref = None
+        return task
+
+    # --------------------------------------------------------------------- value store
+    def _externalize(self, task: Result) -> Result:
+        """Check sizes; move inputs or a value over ``inline_limit`` to the value store."""
+        changes: dict[str, Any] = {}
+        for field, ref_field, what in (
+            ("inputs", "inputs_ref", "inputs"),
+            ("value_data", "value_ref", "value"),
+        ):
+            data = getattr(task, field)
+            if data is None or len(data) <= self.inline_limit:
+                continue
+            if len(data) > self.max_payload_bytes:
+                raise SerializationError(
+                    f"the {what} of task {task.task_id} ({task.method!r}) are {_size(len(data))}, "
+                    f"over the broker's limit of {_size(self.max_payload_bytes)}: pass a file "
+                    "path instead, or raise max_payload_bytes"
+                )
+            changes[field] = None
+            changes[ref_field] = self._store_blob(data)
+        return msgspec.structs.replace(task, **changes) if changes else task
+
+    def _store_blob(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if self.value_dir is not None:
+            path = self.value_dir / digest
+            if not path.exists():
+                partial = path.with_suffix(f".{uuid.uuid4().hex}.part")
+                partial.write_bytes(data)
+                partial.replace(path)
+        else:
+            self._call(
+                "store value", self.redis.set, self._k("blob", digest), data, ex=self.ttl_seconds
+            )
+        return digest
+
+    def _load_blob(self, digest: str) -> bytes:
+        if self.value_dir is not None:
+            try:
+                data = (self.value_dir / digest).read_bytes()
+            except OSError as error:
+                raise EnvelopeError(
+                    f"value {digest[:12]} is missing from {self.value_dir}: {error}"
+                ) from None
+        else:
+            data = self._call("load value", self.redis.get, self._k("blob", digest))
+            if data is None:
+                raise EnvelopeError(
+                    f"value {digest[:12]} is no longer in Redis (expired after ttl_seconds?)"
+                )
+        # The digest sits in the signed envelope, so checking it authenticates the value.
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise EnvelopeError(f"value {digest[:12]} does not match its digest: tampered")
+        return data
 
     # ---------------------------------------------------------------------- resilience
     def _call(self, what: str, func, *args, **kwargs):
         """Run a Redis call, retrying with backoff until ``connect_timeout`` passes."""
-        deadline = time.monotonic() + self.connect_timeout
+        deadline = (
+            None if self.connect_timeout is None else (time.monotonic() + self.connect_timeout)
+        )
         delay = 0.05
         while True:
             try:
                 return func(*args, **kwargs)
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                if time.monotonic() + delay > deadline:
+                if deadline is not None and time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"Redis at {self.url} is unreachable ({error}) after "
                         f"{self.connect_timeout:g} s; is redis-server running there?"
                     ) from error
                 logger.warning(
-                    "Redis at %s unreachable during %s; retrying in %.2f s", self.url, what, delay
+                    "Redis at %s unreachable during %s (%s); retrying in %.2f s",
+                    self.url,
+                    what,
+                    error,
+                    delay,
                 )
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 5.0)
 
     # --------------------------------------------------------------------------- tasks
     def put_task(self, task: Result) -> tuple[str, bool]:
-        queue = task.queue
-        key_record = self._k("key", task.key) if task.key is not None else self._k("key", "-")
-        first = self._call(
-            "submit",
-            self._submit,
-            keys=[
-                self._k("task"),
-                self._k("laneof"),
-                self._k("lane", task.lane),
-                self._k("bell", queue),
-                key_record,
-            ],
-            args=[
-                task.task_id,
-                task.lane,
-                self._seal(task),
-                self.ttl_seconds,
-                "1" if task.key else "0",
-            ],
-        )
-        first = first.decode() if isinstance(first, bytes) else first
-        return first, first == task.task_id
+        return self.put_tasks([task])[0]
 
-    def _ensure_heartbeat(self) -> None:
+    def put_tasks(self, tasks: Sequence[Result], chunk: int = 2000) -> list[tuple[str, bool]]:
+        """Queue many tasks in few round trips; acknowledged, all of them, when this returns."""
+        out: list[tuple[str, bool]] = []
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start : start + chunk]
+            args: list[Any] = [self.ttl_seconds]
+            for task in part:
+                args += [task.task_id, task.lane, task.queue, self._seal(task), task.key or ""]
+            firsts = self._run("submit", *args)
+            for task, first in zip(part, firsts, strict=True):
+                first = first.decode() if isinstance(first, bytes) else first
+                out.append((first, first == task.task_id))
+        return out
+
+    def _ensure_heartbeat(self, role: str) -> None:
         with self._heart_lock:
+            if role == "worker":
+                self.role = "worker"
             if self._heart is not None:
                 return
-            self._beat()
+            self._call("heartbeat", self._beat)
             self._heart = threading.Thread(
                 target=self._heartbeat, name="steersman-redis-heartbeat", daemon=True
             )
             self._heart.start()
 
     def _beat(self) -> None:
+        info: dict[str, Any] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "role": self.role,
+            "started": self.started,
+            "beat": time.time(),
+        }
+        for describe in list(self.describers):
+            try:
+                for name, value in describe().items():
+                    if isinstance(value, list) and isinstance(info.get(name), list):
+                        info[name] = info[name] + value
+                    elif isinstance(value, int) and isinstance(info.get(name), int):
+                        info[name] += value
+                    else:
+                        info[name] = value
+            except Exception as error:  # status is best effort; the lease is not
+                logger.debug("describing a pool failed: %s", error)
+        lease_ms = int(self.lease_seconds * 1000)
         pipe = self.redis.pipeline()
-        pipe.set(self._k("hb", self.consumer), "1", px=int(self.lease_seconds * 1000))
+        pipe.set(self._k("hb", self.consumer), "1", px=lease_ms)
         pipe.sadd(self._k("consumers"), self.consumer)
+        info_key = self._k("info", self.consumer)
+        pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
+        pipe.pexpire(info_key, 3 * lease_ms)
         pipe.execute()
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
+        failing = False
         while not self._heart_stop.wait(self.lease_seconds / 3):
             try:
                 self._beat()
                 self.reap()
+                if self.cancel_handlers:
+                    ids = self._scripts["cancelled_held"](
+                        keys=[], args=[self.namespace, self.consumer]
+                    )
+                    for handler in list(self.cancel_handlers) if ids else ():
+                        handler([i.decode() for i in ids])
+                if failing:
+                    logger.warning("heartbeat to Redis at %s is back", self.url)
+                failing = False
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                logger.warning("heartbeat to Redis at %s failed: %s; retrying", self.url, error)
+                if not failing:
+                    logger.warning("heartbeat to Redis at %s failed: %s; retrying", self.url, error)
+                failing = True
 
-    def reap(self) -> int:
-        """Hand back the tasks of consumers whose lease ran out; return how many moved."""
-        moved = 0
-        for member in self.redis.smembers(self._k("consumers")):
-            consumer = member.decode()
-            moved += self._reap(
-                keys=[
-                    self._k("held", consumer),
-                    self._k("hb", consumer),
-                    self._k("consumers"),
-                    self._k("laneof"),
-                    self._k("lost"),
-                ],
-                args=[consumer, self.namespace],
+    def reap(self, force: bool = False) -> int:
+        """Hand back the tasks and unacknowledged results of clients whose lease ran out.
+
+        Live clients take turns (one reaps per third of a lease); ``force`` reaps now.
+        Returns how many tasks and results moved.
+        """
+        lock_ms = max(1, int(self.lease_seconds * 1000 / 3))
+        moved = self._scripts["reap"](
+            keys=[], args=[self.namespace, lock_ms, "1" if force else "0"]
+        )
+        if moved > 0:
+            logger.warning(
+                "handed back %d task(s) or result(s) held by clients whose lease ran out", moved
             )
-        if moved:
-            logger.warning("handed back %d task(s) held by consumers whose lease ran out", moved)
-        return moved
+        return max(moved, 0)
 
     def get_task(
         self,
@@ -337,7 +657,18 @@ class RedisBroker:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> Result | None:
-        self._ensure_heartbeat()
+        tasks = self.get_tasks(lanes, 1, timeout, stop)
+        return tasks[0] if tasks else None
+
+    def get_tasks(
+        self,
+        lanes: Sequence[str],
+        max_count: int = 1,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> list[Result]:
+        """Take up to ``max_count`` tasks, first lanes first; wait for at least one."""
+        self._ensure_heartbeat("worker")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         bells = list(dict.fromkeys(self._k("bell", lane.split(":")[0]) for lane in lanes))
         wake_key = self._k("wake", uuid.uuid4().hex)
@@ -347,21 +678,16 @@ class RedisBroker:
         try:
             while True:
                 if stop is not None and stop.is_set():
-                    return None
-                found = self._call(
-                    "take",
-                    self._take,
-                    keys=[self._k("task"), self._k("lost"), self._k("held", self.consumer)]
-                    + [self._k("lane", lane) for lane in lanes],
-                )
+                    return []
+                found = self._run("take", self.consumer, max_count, *lanes)
                 if found:
-                    task = self._accept(found)
-                    if task is not None:
-                        return task
+                    tasks = self._accept(found)
+                    if tasks:
+                        return tasks
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return None
+                    return []
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
@@ -369,60 +695,74 @@ class RedisBroker:
         finally:
             if token is not None:
                 stop.remove_waker(token)
-            self.redis.delete(wake_key)
+            self._forget_key(wake_key)
+
+    def _forget_key(self, key: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # else it expires on its own
+            self.redis.delete(key)
 
     def _ring(self, wake_key: str) -> None:
         try:
-            self.redis.rpush(wake_key, "1")
-            self.redis.expire(wake_key, 60)
+            pipe = self.redis.pipeline()
+            pipe.rpush(wake_key, "1")
+            pipe.expire(wake_key, 60)
+            pipe.execute()
         except redis.RedisError as error:
             logger.warning("could not wake a waiter: %s", error)
 
-    def _accept(self, found) -> Result | None:
-        task_id, data, lost = found[0].decode(), found[1], int(found[2])
-        try:
-            task = self._open(data)
-        except EnvelopeError as error:
-            logger.error("rejected task %s from Redis at %s: %s", task_id, self.url, error)
-            self.redis.lrem(self._k("held", self.consumer), 1, task_id)
-            self.redis.hdel(self._k("task"), task_id)
-            return None
-        task.attempt += lost
-        if task.attempt > task.max_retries + 1:
-            task.fail_as_lost("the worker holding this task stopped answering", task.attempt - 1)
-            self.put_result(task)
-            return None
-        return task
+    def _accept(self, found: list) -> list[Result]:
+        tasks, exhausted = [], []
+        for index in range(0, len(found), 3):
+            task_id, data, lost = found[index].decode(), found[index + 1], int(found[index + 2])
+            try:
+                task = self._open(data)
+            except EnvelopeError as error:
+                logger.error("rejected task %s from Redis at %s: %s", task_id, self.url, error)
+                pipe = self.redis.pipeline()
+                pipe.lrem(self._k("held", self.consumer), 1, task_id)
+                pipe.hdel(self._k("task"), task_id)
+                pipe.hdel(self._k("laneof"), task_id)
+                self._call("reject", pipe.execute)
+                continue
+            task.attempt += lost
+            if task.attempt > task.max_retries + 1:
+                task.fail_as_lost(
+                    "the worker holding this task stopped answering", task.attempt - 1
+                )
+                exhausted.append(task)
+                continue
+            tasks.append(task)
+        if exhausted:
+            self.put_results(exhausted)
+        return tasks
 
     def requeue(self, task: Result, front: bool = True) -> None:
-        self._call(
+        self._run(
             "requeue",
-            self._requeue,
-            keys=[
-                self._k("task"),
-                self._k("held", self.consumer),
-                self._k("lane", task.lane),
-                self._k("bell", task.queue),
-            ],
-            args=[task.task_id, self._seal(task), "1" if front else "0"],
+            self.consumer,
+            task.task_id,
+            task.lane,
+            task.queue,
+            self._seal(task),
+            "1" if front else "0",
         )
 
     def cancel_queued(self, task_ids: set[str]) -> list[Result]:
-        if not task_ids:
-            return []
-        removed = self._call(
-            "cancel",
-            self._cancel,
-            keys=[self._k("task"), self._k("laneof")],
-            args=[self.namespace, *task_ids],
-        )
+        queued, _ = self._cancel(task_ids, running=False)
+        return queued
+
+    def _cancel(self, task_ids: Iterable[str], running: bool) -> tuple[list[Result], list[str]]:
+        ids = list(task_ids)
+        if not ids:
+            return [], []
+        queued, flagged = self._run("cancel", self.ttl_seconds, "1" if running else "0", *ids)
         tasks = []
-        for data in removed:
+        for data in queued:
             try:
                 tasks.append(self._open(data))
             except EnvelopeError as error:
                 logger.error("cancelled a task whose envelope is not readable: %s", error)
-        return tasks
+        return tasks, [i.decode() for i in flagged]
 
     def queue_depths(self) -> dict[str, int]:
         prefix = self._k("lane", "")
@@ -433,24 +773,29 @@ class RedisBroker:
 
     # ------------------------------------------------------------------------- results
     def put_result(self, result: Result) -> None:
-        self._call(
-            "deliver",
-            self._deliver,
-            keys=[
-                self._k("result", result.topic),
-                self._k("done", result.task_id),
-                self._k("task"),
-                self._k("laneof"),
-                self._k("lost"),
-                self._k("held", self.consumer),
-            ],
-            args=[
+        self.put_results([result])
+
+    def put_results(self, results: Sequence[Result]) -> None:
+        """Deliver results in one round trip; a final one only if none was delivered before."""
+        args: list[Any] = [self.consumer, self.ttl_seconds, time.time()]
+        for result in results:
+            try:
+                envelope = self._seal(result)
+            except SerializationError as error:
+                result.set_failure(
+                    Failure(kind="exception", type="SerializationError", message=str(error))
+                )
+                envelope = self._seal(result)
+            args += [
                 result.task_id,
-                self._seal(result),
-                self.ttl_seconds,
+                result.topic,
+                result.queue,
                 "1" if result.complete else "0",
-            ],
-        )
+                "1" if result.complete and not result.success else "0",
+                envelope,
+            ]
+        if results:
+            self._run("deliver", *args)
 
     def get_result(
         self,
@@ -458,33 +803,46 @@ class RedisBroker:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> Result | None:
+        """Next result of ``topic``. Results are taken in batches into this client's
+        unacknowledged list; each batch is acknowledged when the next is taken (or at
+        :meth:`close`), so a reader that dies gives back what it had not finished with."""
+        self._ensure_heartbeat("client")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         wake_key = self._k("wake", uuid.uuid4().hex)
-        results_key = self._k("result", topic)
+        bell = self._k("rbell", topic)
         token = stop.add_waker(lambda: self._ring(wake_key)) if isinstance(stop, Flag) else None
         try:
             while True:
+                with self._results_lock:
+                    buffer = self._buffers.setdefault(topic, deque())
+                    if not buffer:
+                        items = self._run(
+                            "take_results",
+                            self.consumer,
+                            topic,
+                            self.result_batch,
+                            self.ttl_seconds,
+                        )
+                        buffer.extend(items)
+                    data = buffer.popleft() if buffer else None
+                if data is not None:
+                    result = self._read_result(data)
+                    if result is not None:
+                        return result
+                    continue
                 if stop is not None and stop.is_set():
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    data = self._call("result", self.redis.lpop, results_key)
-                    return None if data is None else self._read_result(data)
+                    return None
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
-                popped = self._call(
-                    "result", self.redis.blpop, [results_key, wake_key], timeout=block
-                )
-                if popped is None or popped[0].decode() == wake_key:
-                    continue
-                result = self._read_result(popped[1])
-                if result is not None:
-                    return result
+                self._call("wait for results", self.redis.blpop, [bell, wake_key], timeout=block)
         finally:
             if token is not None:
                 stop.remove_waker(token)
-            self.redis.delete(wake_key)
+            self._forget_key(wake_key)
 
     def _read_result(self, data: bytes) -> Result | None:
         try:
@@ -493,10 +851,119 @@ class RedisBroker:
             logger.error("rejected a result from Redis at %s: %s", self.url, error)
             return None
 
+    # -------------------------------------------------------------------- administration
+    def cancel(self, task_ids: Iterable[str]) -> tuple[int, int]:
+        """Cancel tasks wherever they are: queued ones get a ``cancelled`` Result at once,
+        running ones are stopped by their worker at its next heartbeat. Returns the counts
+        ``(queued, running)``."""
+        queued, running = self._cancel(task_ids, running=True)
+        for task in queued:
+            task.complete = True
+            task.set_failure(
+                Failure(kind="cancelled", type="Cancelled", message="cancelled while queued")
+            )
+            task.timestamps.result_queued = time.time()
+        self.put_results(queued)
+        return len(queued), len(running)
+
+    def purge(self, queue: str) -> int:
+        """Drop every queued task of ``queue`` (all its lanes); return how many went."""
+        return int(self._run("purge", *lanes_of(queue)))
+
+    def failed(self, limit: int | None = None) -> list[Result]:
+        """Final Results of failed tasks, newest first (those not yet expired)."""
+        end = -1 if limit is None else limit - 1
+        ids = [i.decode() for i in self.redis.zrevrange(self._k("failedidx"), 0, end)]
+        if not ids:
+            return []
+        datas = self.redis.mget([self._k("failed", i) for i in ids])
+        out = []
+        for task_id, data in zip(ids, datas, strict=True):
+            if data is None:
+                self.redis.zrem(self._k("failedidx"), task_id)
+                continue
+            result = self._read_result(data)
+            if result is not None:
+                out.append(result)
+        return out
+
+    def requeue_failed(self, task_ids: Iterable[str] | None = None) -> int:
+        """Queue failed tasks again as fresh first attempts; all of them if no ids given."""
+        if task_ids is None:
+            ids = [i.decode() for i in self.redis.zrange(self._k("failedidx"), 0, -1)]
+        else:
+            ids = list(task_ids)
+        count = 0
+        for task_id in ids:
+            data = self.redis.get(self._k("failed", task_id))
+            if data is None:
+                continue
+            task = self._read_result(data)
+            if task is None:
+                continue
+            if task.inputs is None:
+                logger.error(
+                    "task %s was sent with keep_inputs=False: it cannot be run again", task_id
+                )
+                continue
+            task.reset_for_retry(attempt=1)
+            task.worker = None
+            count += self._run("revive", task_id, task.lane, task.queue, self._seal(task))
+        return count
+
+    def status(self) -> dict[str, Any]:
+        """Per queue: depth, in flight, done, failed; per live client: what it is doing."""
+        depths = self.queue_depths()
+        queues: dict[str, dict[str, int]] = {}
+
+        def row(queue: str) -> dict[str, int]:
+            return queues.setdefault(queue, {"depth": 0, "in_flight": 0, "done": 0, "failed": 0})
+
+        for lane, depth in depths.items():
+            row(lane.split(":")[0])["depth"] += depth
+        for field, count in self.redis.hgetall(self._k("stats")).items():
+            kind, _, queue = field.decode().partition(":")
+            row(queue)[kind] = int(count)
+        clients = []
+        for member in sorted(self.redis.smembers(self._k("consumers"))):
+            consumer = member.decode()
+            held = self.redis.lrange(self._k("held", consumer), 0, -1)
+            if held:
+                for lane in self.redis.hmget(self._k("laneof"), held):
+                    if lane is not None:
+                        row(lane.decode().split(":")[0])["in_flight"] += 1
+            raw = self.redis.hgetall(self._k("info", consumer))
+            info = {k.decode(): json.loads(v) for k, v in raw.items()}
+            info["id"] = consumer
+            info["alive"] = bool(self.redis.exists(self._k("hb", consumer)))
+            info["held"] = len(held)
+            clients.append(info)
+        return {"namespace": self.namespace, "queues": queues, "clients": clients}
+
     # ---------------------------------------------------------------------------- close
     def close(self) -> None:
-        """Stop heart-beating (tasks still held go to others after the lease) and disconnect."""
+        """Give back results taken but not handed out, acknowledge the rest, stop
+        heart-beating and disconnect. Tasks still held go to others after the lease."""
+        if self._closed:
+            return
+        self._closed = True
         self._heart_stop.set()
         if self._heart is not None:
             self._heart.join()
+        try:
+            with self._results_lock:
+                for topic, buffer in self._buffers.items():
+                    self._scripts["release_results"](
+                        keys=[], args=[self.namespace, self.consumer, topic, *buffer]
+                    )
+                    buffer.clear()
+            held = self.redis.llen(self._k("held", self.consumer))
+            pipe = self.redis.pipeline()
+            pipe.delete(self._k("info", self.consumer))
+            if not held:
+                pipe.delete(self._k("hb", self.consumer), self._k("utopics", self.consumer))
+                pipe.srem(self._k("consumers"), self.consumer)
+            pipe.execute()
+        except redis.RedisError as error:
+            logger.warning("could not tidy up in Redis at %s while closing: %s", self.url, error)
         self.redis.close()

@@ -126,6 +126,70 @@ class Queues:
         worker (and after exceptions, if ``retry_on_exception``). ``timeout`` is in seconds of
         running time; past it the worker process is killed and the Result says ``timeout``.
         """
+        task = self._make_task(
+            input_args,
+            input_kwargs,
+            method=method,
+            topic=topic,
+            task_info=task_info,
+            resources=resources,
+            priority=priority,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_on_exception=retry_on_exception,
+            keep_inputs=keep_inputs,
+            key=key,
+        )
+        return self._submit([task])[0]
+
+    def send_batch(
+        self,
+        inputs: Iterable[Any],
+        *,
+        method: str,
+        topic: str = DEFAULT_TOPIC,
+        keys: Iterable[str | None] | None = None,
+        **options: Any,
+    ) -> list[str]:
+        """Submit one task per item of ``inputs`` in few round trips; return their ids.
+
+        An item that is a tuple is the task's positional inputs; anything else is its one
+        input. ``keys``, if given, is one key (or ``None``) per item; ``options`` are those of
+        :meth:`send_inputs`. Every task is acknowledged when this returns.
+        """
+        items = list(inputs)
+        key_list = [None] * len(items) if keys is None else list(keys)
+        if len(key_list) != len(items):
+            raise ConfigurationError(f"send_batch got {len(items)} inputs but {len(key_list)} keys")
+        tasks = [
+            self._make_task(
+                item if isinstance(item, tuple) else (item,),
+                None,
+                method=method,
+                topic=topic,
+                key=key,
+                **options,
+            )
+            for item, key in zip(items, key_list, strict=True)
+        ]
+        return self._submit(tasks)
+
+    def _make_task(
+        self,
+        input_args: tuple[Any, ...],
+        input_kwargs: Mapping[str, Any] | None,
+        *,
+        method: str,
+        topic: str = DEFAULT_TOPIC,
+        task_info: Mapping[str, Any] | None = None,
+        resources: ResourceRequest | Mapping[str, Any] | None = None,
+        priority: str = "normal",
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_on_exception: bool = False,
+        keep_inputs: bool | None = None,
+        key: str | None = None,
+    ) -> Result:
         created = time.time()
         queue = self.queue_of(method)
         self._check_topic(topic)
@@ -177,21 +241,29 @@ class Queues:
         task.serialization.serialize_inputs = time.perf_counter() - start
         task.serialization.inputs_bytes = len(inputs)
         task.timestamps.created = created
-        task.timestamps.queued = time.time()
+        return task
 
-        # Count the task before the broker sees it, so its result can never arrive "early".
+    def _submit(self, tasks: list[Result]) -> list[str]:
+        # Count the tasks before the broker sees them, so a result can never arrive "early".
+        now = time.time()
         with self._count_cond:
-            self._active[topic] += 1
-            self._outstanding[task.task_id] = topic
+            for task in tasks:
+                task.timestamps.queued = now
+                self._active[task.topic] += 1
+                self._outstanding[task.task_id] = task.topic
         try:
-            task_id, accepted = self.broker.put_task(task)
+            outcomes = self.broker.put_tasks(tasks)
         except BaseException:
-            self._forget(task.task_id)
+            for task in tasks:
+                self._forget(task.task_id)
             raise
-        if not accepted:
-            self._forget(task.task_id)
-            logger.debug("task with key %r already submitted as %s", key, task_id)
-        return task_id
+        ids = []
+        for task, (task_id, accepted) in zip(tasks, outcomes, strict=True):
+            if not accepted:
+                self._forget(task.task_id)
+                logger.debug("task with key %r already submitted as %s", task.key, task_id)
+            ids.append(task_id)
+        return ids
 
     def _forget(self, task_id: str) -> None:
         with self._count_cond:
@@ -269,3 +341,15 @@ class Queues:
         for task in cancelled:
             self._forget(task.task_id)
         return cancelled
+
+    # ---------------------------------------------------------------------------- close
+    def close(self) -> None:
+        """Release what the broker holds for this client (the Redis broker hands back
+        results it took but did not return, and acknowledges the rest)."""
+        self.broker.close()
+
+    def __enter__(self) -> Queues:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from steersman.errors import ConfigurationError, EnvelopeError, PoolError
+from steersman.errors import ConfigurationError, EnvelopeError, PoolError, SteersmanError
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
@@ -77,35 +77,35 @@ def _method_table(methods: Mapping[str, Callable[..., Any]] | Iterable[Callable[
 
 def retry_or_deliver(queues: Queues, result: Result) -> None:
     """Deliver a final result, unless it failed in a way the task asked to retry."""
-    failure = result.failure
-    if (
-        result.complete
-        and failure is not None
-        and failure.kind in ("exception", "timeout")
-        and result.retry_on_exception
-        and result.attempt <= result.max_retries
-    ):
-        logger.info(
-            "task %s (%s) failed on attempt %d (%s); retrying",
-            result.task_id,
-            result.method,
-            result.attempt,
-            failure,
-        )
-        _reset_for_retry(result)
-        queues.broker.requeue(result, front=True)
-        return
-    queues.broker.put_result(result)
+    settle(queues, [result])
 
 
-def _reset_for_retry(task: Result) -> None:
-    task.attempt += 1
-    task.success = None
-    task.failure = None
-    task.value_data = None
-    task.complete = False
-    ts = task.timestamps
-    ts.picked_up = ts.started = ts.finished = ts.result_queued = None
+def settle(queues: Queues, results: list[Result]) -> None:
+    """Deliver results in one call to the broker; requeue those that failed in a way their
+    task asked to retry."""
+    deliver = []
+    for result in results:
+        failure = result.failure
+        if (
+            result.complete
+            and failure is not None
+            and failure.kind in ("exception", "timeout")
+            and result.retry_on_exception
+            and result.attempt <= result.max_retries
+        ):
+            logger.info(
+                "task %s (%s) failed on attempt %d (%s); retrying",
+                result.task_id,
+                result.method,
+                result.attempt,
+                failure,
+            )
+            result.reset_for_retry()
+            queues.broker.requeue(result, front=True)
+        else:
+            deliver.append(result)
+    if deliver:
+        queues.broker.put_results(deliver)
 
 
 class WorkerPool:
@@ -192,6 +192,12 @@ class WorkerPool:
         self._impl = None
         logger.info("stopped %s", self.name)
 
+    def idle_seconds(self) -> float | None:
+        """Seconds since the pool last held a task, or ``None`` while it holds some."""
+        if self._impl is None:
+            return None
+        return self._impl.idle_seconds()
+
     def worker_pids(self) -> list[int]:
         """Process ids of the live worker processes (empty for a thread pool)."""
         if self._impl is None:
@@ -261,6 +267,9 @@ class _ThreadWorkers:
     def worker_pids(self) -> list[int]:
         return []
 
+    def idle_seconds(self) -> float | None:
+        return None  # not tracked for threads
+
     def wait_ready(self, timeout: float | None) -> bool:
         return True
 
@@ -299,11 +308,28 @@ def worker_id_for(label: str, pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}:{label}"
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when its parent dies, so a worker whose
+    pool was SIGKILLed does not run on unseen (its tasks go to others after the lease)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: bytes, label: str):
     """Entry point of a worker process: read batches of tasks, write results, until told to stop."""
     # Ctrl-C and SIGTERM are the parent's to handle: it lets running tasks finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     conn.send_bytes(b"ready")
@@ -342,6 +368,7 @@ class _Worker:
     head_since: float = 0.0  # monotonic time the first in-flight task started (about)
     ready: bool = False
     timed_out: str | None = None  # id of the task this worker was killed for
+    cancelled: set[str] = field(default_factory=set)  # ids someone asked to cancel
     alive: bool = True
 
 
@@ -367,14 +394,50 @@ class _ProcessWorkers:
         self.recent_running: float | None = None
         # Pipes of dead workers, closed at stop: the feeder may still be writing to one.
         self.boot_failures = 0
+        self.idle_since: float | None = time.monotonic()
         self.closed_later: list[multiprocessing.connection.Connection] = []
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         for index in range(self.pool.n_workers):
             self.workers.append(self._spawn(index))
+        # A remote broker asks pools what they run (for status) and relays cancel requests.
+        for hooks, hook in (("describers", self._describe), ("cancel_handlers", self._cancel)):
+            if hasattr(self.broker, hooks):
+                getattr(self.broker, hooks).append(hook)
         self.collector.start()
         self.feeder.start()
+
+    def _describe(self) -> dict[str, Any]:
+        with self.lock:
+            running = [
+                f"{w.inflight[0].task_id} {w.inflight[0].method}"
+                for w in self.workers
+                if w.alive and w.inflight
+            ]
+            held = sum(len(w.inflight) for w in self.workers)
+        return {
+            "pools": [self.pool.name],
+            "lanes": self.pool.lanes,
+            "processes": self.pool.n_workers,
+            "running": running,
+            "prefetched": held - len(running),
+        }
+
+    def _cancel(self, task_ids: list[str]) -> None:
+        """Stop tasks someone cancelled: kill the processes holding them."""
+        wanted = set(task_ids)
+        with self.lock:
+            for worker in self.workers:
+                hit = {t.task_id for t in worker.inflight} & wanted
+                if worker.alive and hit and not hit <= worker.cancelled:
+                    worker.cancelled |= hit
+                    logger.warning(
+                        "task(s) %s cancelled; stopping worker %s",
+                        ", ".join(sorted(hit)),
+                        worker.worker_id,
+                    )
+                    worker.process.kill()
 
     def _spawn(self, index: int) -> _Worker:
         label = f"{self.pool.name}-w{index}"
@@ -395,6 +458,9 @@ class _ProcessWorkers:
             self.stopping = True
             self.lock.notify_all()
         self.stop_flag.set()
+        for hooks, hook in (("describers", self._describe), ("cancel_handlers", self._cancel)):
+            with contextlib.suppress(AttributeError, ValueError):
+                getattr(self.broker, hooks).remove(hook)
         deadline = time.monotonic() + timeout
         self.feeder.join(max(0.0, deadline - time.monotonic()))
         with self.lock:
@@ -426,6 +492,15 @@ class _ProcessWorkers:
         with self.lock:
             return [w.process.pid for w in self.workers if w.alive and w.process.pid]
 
+    def idle_seconds(self) -> float | None:
+        with self.lock:
+            if any(w.inflight for w in self.workers):
+                self.idle_since = None
+                return None
+            if self.idle_since is None:
+                self.idle_since = time.monotonic()
+            return time.monotonic() - self.idle_since
+
     def wait_ready(self, timeout: float | None) -> bool:
         from steersman.flag import deadline_after, wait_for
 
@@ -449,6 +524,11 @@ class _ProcessWorkers:
         # first task's timeout.
         return worker.alive and worker.ready and len(worker.inflight) < self.capacity
 
+    def _room(self) -> int:
+        return sum(
+            max(0, self.capacity - len(w.inflight)) for w in self.workers if self._can_take(w)
+        )
+
     def _feed(self) -> None:
         from steersman.flag import wait_for
 
@@ -457,38 +537,48 @@ class _ProcessWorkers:
                 wait_for(self.lock, lambda: self.stopping or self._has_room(), None)
                 if self.stopping:
                     return
-            task = self.broker.get_task(self.pool.lanes, stop=self.stop_flag)
-            if task is None:
-                continue
-            with self.lock:
-                wait_for(self.lock, lambda: self.stopping or self._has_room(), None)
-                if self.stopping:
-                    self.broker.requeue(task, front=True)
-                    return
-                worker = min(
-                    (w for w in self.workers if self._can_take(w)),
-                    key=lambda w: len(w.inflight),
-                )
-                batch = [task]
-                # Fill the worker's remaining room from the backlog, in one message.
-                while len(worker.inflight) + len(batch) < self.capacity:
-                    more = self.broker.get_task(self.pool.lanes, timeout=0)
-                    if more is None:
-                        break
-                    batch.append(more)
-                if not worker.inflight:
-                    worker.head_since = time.monotonic()
-                worker.inflight.extend(batch)
+                room = self._room()
             try:
-                message = encode_batch(batch)
-            except (TypeError, ValueError, OverflowError) as error:
-                self._refuse(worker, batch, error)
+                tasks = self.broker.get_tasks(self.pool.lanes, room, stop=self.stop_flag)
+            except SteersmanError as error:
+                # The broker already waited out its deadline; a pool never gives up.
+                logger.error("%s cannot take tasks: %s; trying again", self.pool.name, error)
                 continue
-            # If the worker died, the collector gives its tasks back.
-            with contextlib.suppress(OSError):
-                worker.conn.send_bytes(message)
-            if any(t.timeout is not None for t in batch):
-                self._wake()  # the collector must know the new deadline
+            if not tasks:
+                continue
+            sends: list[tuple[_Worker, list[Result]]] = []
+            with self.lock:
+                self.idle_since = None
+                wait_for(self.lock, lambda: self.stopping or self._has_room(), None)
+                pending = deque(tasks)
+                while pending and not self.stopping and self._has_room():
+                    worker = min(
+                        (w for w in self.workers if self._can_take(w)),
+                        key=lambda w: len(w.inflight),
+                    )
+                    batch = [pending.popleft()]
+                    while pending and len(worker.inflight) + len(batch) < self.capacity:
+                        batch.append(pending.popleft())
+                    if not worker.inflight:
+                        worker.head_since = time.monotonic()
+                    worker.inflight.extend(batch)
+                    sends.append((worker, batch))
+            # Taken but no worker has room now (one died, or the pool is stopping).
+            for task in reversed(pending):
+                self.broker.requeue(task, front=True)
+            for worker, batch in sends:
+                try:
+                    message = encode_batch(batch)
+                except (TypeError, ValueError, OverflowError) as error:
+                    self._refuse(worker, batch, error)
+                    continue
+                # If the worker died, the collector gives its tasks back.
+                with contextlib.suppress(OSError):
+                    worker.conn.send_bytes(message)
+            if any(t.timeout is not None for t in tasks):
+                self._wake()  # the collector must know the new deadlines
+            if self.stopping:
+                return
 
     def _refuse(self, worker: _Worker, batch: list[Result], error: Exception) -> None:
         """Fail tasks that cannot be put on the wire, instead of losing them."""
@@ -506,7 +596,7 @@ class _ProcessWorkers:
                 )
             )
             task.timestamps.result_queued = time.time()
-            self.broker.put_result(task)
+        self.broker.put_results(batch)
 
     # ------------------------------------------------------------------------- collector
     def _collect(self) -> None:
@@ -581,6 +671,14 @@ class _ProcessWorkers:
     def _drain(self, worker: _Worker, limit: int | None = DRAIN_LIMIT) -> None:
         """Read what the worker has written: at most ``limit`` messages, so one chatty
         worker cannot keep the collector from deaths, deadlines and other workers."""
+        gathered: list[Result] = []
+        try:
+            self._read_results(worker, limit, gathered)
+        finally:
+            if gathered:
+                settle(self.pool.queues, gathered)
+
+    def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
         for _ in itertools.count() if limit is None else range(limit):
             try:
                 if not worker.conn.poll():
@@ -607,11 +705,10 @@ class _ProcessWorkers:
                             self._learn_running_time(result)
                     worker.head_since = time.monotonic()
                     self.lock.notify_all()
-            for result in results:
-                if result.complete:
-                    retry_or_deliver(self.pool.queues, result)
-                else:
-                    self.broker.put_result(result)
+            gathered.extend(results)
+            if len(gathered) >= DRAIN_LIMIT:
+                settle(self.pool.queues, list(gathered))
+                gathered.clear()
 
     def _learn_running_time(self, result: Result) -> None:
         running = result.time_running
@@ -664,9 +761,24 @@ class _ProcessWorkers:
             self.boot_failures = 0
         if held:
             running, unstarted = held[0], held[1:]
+            cancelled = [t for t in held if t.task_id in worker.cancelled]
             for task in reversed(unstarted):
-                self.broker.requeue(task, front=True)
-            self._settle_lost(worker, running, how)
+                if task.task_id not in worker.cancelled:
+                    self.broker.requeue(task, front=True)
+            if cancelled:
+                for task in cancelled:
+                    task.complete = True
+                    task.set_failure(
+                        Failure(
+                            kind="cancelled",
+                            type="Cancelled",
+                            message=f"cancelled on request; worker {worker.worker_id} stopped",
+                        )
+                    )
+                    task.timestamps.result_queued = time.time()
+                self.broker.put_results(cancelled)
+            if running.task_id not in worker.cancelled:
+                self._settle_lost(worker, running, how)
         elif replace:
             logger.warning("worker %s died (%s) while idle", worker.worker_id, how)
         if replace:
@@ -705,7 +817,7 @@ class _ProcessWorkers:
                 task.method,
                 task.attempt,
             )
-            _reset_for_retry(task)
+            task.reset_for_retry()
             self.broker.requeue(task, front=True)
             return
         logger.error(
