@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +85,13 @@ class RedisServer:
             self.process.wait(10)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: only what reached the AOF survives."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
 
 def _pings(client) -> bool:
     import redis
@@ -98,6 +110,81 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server for one test, which the test may kill and restart."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; `make test` installs it")
+    server = RedisServer(tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+TESTS = Path(__file__).resolve().parent
+TEST_KEY = "test-signing-key"
+
+
+class WorkerProcess:
+    """A standalone `steersman worker` in its own session, so a kill takes all its processes."""
+
+    def __init__(self, server, namespace, log_dir, *options: str) -> None:
+        self.log_path = Path(log_dir) / f"worker-{uuid.uuid4().hex[:8]}.log"
+        # A file, not a pipe, so a chatty worker never blocks; closed in close().
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        env = {**os.environ, "PYTHONPATH": str(TESTS), "STEERSMAN_HMAC_KEY": TEST_KEY}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "steersman.cli",
+                "worker",
+                "--redis",
+                server.url,
+                "--namespace",
+                namespace,
+                *options,
+            ],
+            env=env,
+            stderr=self._log,
+            stdout=self._log,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+    def close(self) -> None:
+        self.kill()
+        self.process.wait(30)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """Start standalone workers; every one is killed at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(server, namespace, *options: str) -> WorkerProcess:
+        worker = WorkerProcess(server, namespace, tmp_path, *options)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
 
 
 @pytest.fixture(params=["local", "redis"])

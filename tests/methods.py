@@ -88,3 +88,11 @@ def flaky(marker_dir, fail_times=1):
     if task.attempt <= fail_times:
         raise RuntimeError(f"flaky failure on attempt {task.attempt}")
     return task.attempt
+
+
+def logged_sleep(seconds, value, log_path):
+    """Sleep, then return ``value``; every run (not every result) appends a line to log_path."""
+    time.sleep(seconds)
+    with open(log_path, "a") as log:
+        log.write(f"{value}\n")
+    return value

@@ -308,6 +308,27 @@ def worker_id_for(label: str, pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}:{label}"
 
 
+def _shield_forkserver(context) -> None:
+    """Start the fork server ignoring SIGTERM (it already ignores SIGINT), as the workers do.
+
+    Batch systems send SIGTERM to every process of a job; the server must outlive it, or
+    its workers (which die with their parent) would die before their grace period ends.
+    An ignored signal stays ignored across exec, so ignoring it while the server starts is
+    enough. Only the main thread may change signal handling; elsewhere this does nothing.
+    """
+    if context.get_start_method() != "forkserver":
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies, so a worker whose
     pool was SIGKILLed does not run on unseen (its tasks go to others after the lease)."""
@@ -399,6 +420,7 @@ class _ProcessWorkers:
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        _shield_forkserver(self.context)
         for index in range(self.pool.n_workers):
             self.workers.append(self._spawn(index))
         # A remote broker asks pools what they run (for status) and relays cancel requests.
