@@ -96,3 +96,14 @@ def logged_sleep(seconds, value, log_path):
     with open(log_path, "a") as log:
         log.write(f"{value}\n")
     return value
+
+
+def fail_unless(path):
+    """Fail until ``path`` exists: a task whose cause of failure a test can fix."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing")
+    return "fixed"
+
+
+def big_value(n_bytes):
+    return b"x" * n_bytes

@@ -152,3 +152,22 @@ def test_every_result_has_ordered_timestamps_and_non_negative_overhead(make_queu
         assert result.worker.pid > 0 and result.worker.host
         assert "steersman" in result.worker.versions
         assert result.serialization.inputs_bytes > 0
+
+
+def test_send_batch_submits_many_with_keys_and_options(make_queues):
+    queues = make_queues(methods=["add"], topics=["sums"])
+    ids = queues.send_batch(
+        [(i, 1) for i in range(50)],
+        method="add",
+        topic="sums",
+        keys=[f"k{i}" for i in range(50)],
+        priority="high",
+    )
+    assert len(set(ids)) == 50 and queues.active_count("sums") == 50
+    again = queues.send_batch(
+        [(i, 1) for i in range(50)], method="add", topic="sums", keys=[f"k{i}" for i in range(50)]
+    )
+    assert again == ids and queues.active_count("sums") == 50
+    assert queues.broker.queue_depths().get("default:high") == 50
+    with pytest.raises(ConfigurationError, match="2 inputs but 1 keys"):
+        queues.send_batch([(1, 1), (2, 2)], method="add", keys=["only-one"])

@@ -372,7 +372,8 @@ def failed(redis_url, namespace, insecure, limit, requeue):
             return
         results = broker.failed(limit)
         table = Table(title=f"failed tasks of namespace {namespace!r}")
-        for column in ("task", "method", "attempt", "kind", "reason"):
+        table.add_column("task", no_wrap=True)
+        for column in ("method", "attempt", "kind", "reason"):
             table.add_column(column)
         for result in results:
             failure = result.failure

@@ -1,0 +1,214 @@
+"""Running a Redis namespace: status, failed tasks, cancel, purge, expiry, payloads, workers
+that exit on their own."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+import methods
+from conftest import TEST_KEY, wait_until
+from steersman import Queues, SerializationError, WorkerPool
+from steersman.brokers.redis import BrokerUnavailable, RedisBroker
+from steersman.cli import main
+
+
+@pytest.fixture
+def namespace():
+    return f"adm{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def cli(redis_server, namespace, monkeypatch):
+    """Run a steersman command against the test Redis and namespace."""
+    monkeypatch.setenv("STEERSMAN_HMAC_KEY", TEST_KEY)
+    monkeypatch.setenv("STEERSMAN_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("STEERSMAN_NAMESPACE", namespace)
+
+    def run(*args):
+        outcome = CliRunner().invoke(main, list(args))
+        assert outcome.exit_code == 0, outcome.output
+        return outcome.output
+
+    return run
+
+
+def make(server, namespace, **options):
+    broker = RedisBroker(server.url, namespace, hmac_key=TEST_KEY, **options)
+    names = ["add", "fail_unless", "wait_for_file", "big_value", "echo"]
+    return broker, Queues(methods=dict.fromkeys(names, "sim"), broker=broker)
+
+
+def test_status_shows_queues_and_live_workers_with_their_current_task(
+    redis_server, namespace, cli, tmp_path
+):
+    broker, queues = make(redis_server, namespace, lease_seconds=1.5)
+    gate = tmp_path / "gate"
+    queues.send_inputs(str(gate), method="wait_for_file")
+    for i in range(3):
+        queues.send_inputs(i, 1, method="add")
+    queues.send_inputs(str(tmp_path / "never"), method="fail_unless")
+    with WorkerPool(queues, [methods.wait_for_file, methods.add, methods.fail_unless]):
+        wait_until((tmp_path / "gate.started").exists, 60, "the gated task to start")
+
+        def shown():
+            state = broker.status()
+            return state["queues"].get("sim", {}).get("in_flight") == 1 and any(
+                c.get("running") for c in state["clients"]
+            )
+
+        wait_until(shown, 30, "status to show the running task")
+        state = broker.status()
+        assert state["queues"]["sim"]["depth"] == 4
+        worker = next(c for c in state["clients"] if c.get("running"))
+        assert worker["alive"] and worker["role"] == "worker" and worker["host"]
+        assert "wait_for_file" in worker["running"][0]
+        assert time.time() - worker["beat"] < 5
+        output = cli("status")
+        assert "sim" in output and "wait_for_file" in output and "s ago" in output
+        gate.touch()
+        results = [queues.get_result(timeout=60) for _ in range(5)]
+    assert sum(not r.success for r in results) == 1
+    row = broker.status()["queues"]["sim"]
+    assert (row["depth"], row["in_flight"], row["done"], row["failed"]) == (0, 0, 4, 1)
+    broker.close()
+
+
+def test_failed_tasks_are_listed_and_requeued(redis_server, namespace, cli, tmp_path):
+    broker, queues = make(redis_server, namespace)
+    fixed = tmp_path / "fixed"
+    task_id = queues.send_inputs(str(fixed), method="fail_unless")
+    with WorkerPool(queues, [methods.fail_unless], mode="thread"):
+        first = queues.get_result(timeout=30)
+        assert not first.success and "missing" in first.failure.message
+        [failed] = broker.failed()
+        assert failed.task_id == task_id and failed.failure.type == "FileNotFoundError"
+        assert task_id in cli("failed")
+        fixed.touch()
+        assert "queued 1 failed task(s) again" in cli("failed", "--requeue")
+        again = queues.get_result(timeout=30)
+    assert again.task_id == task_id and again.success and again.value == "fixed"
+    assert broker.failed() == []
+    broker.close()
+
+
+def test_cancel_reaches_queued_and_running_tasks(redis_server, namespace, cli, tmp_path):
+    broker, queues = make(redis_server, namespace, lease_seconds=1.5)
+    running = queues.send_inputs(str(tmp_path / "never"), 120, method="wait_for_file")
+    queued = queues.send_inputs(1, 2, method="add")
+    with WorkerPool(queues, [methods.wait_for_file, methods.add], prefetch=0):
+        wait_until((tmp_path / "never.started").exists, 60, "the long task to start")
+        output = cli("cancel", running, queued, "no-such-task")
+        assert "cancelled 1 queued" in output and "stop 1 running" in output
+        results = {r.task_id: r for r in (queues.get_result(timeout=30) for _ in range(2))}
+    for task_id in (running, queued):
+        assert results[task_id].failure.kind == "cancelled"
+    broker.close()
+
+
+def test_purge_drops_the_waiting_tasks_of_a_queue(redis_server, namespace, cli):
+    broker, queues = make(redis_server, namespace)
+    queues.send_batch([(i, 0) for i in range(10)], method="add")
+    queues.send_inputs(1, 1, method="add", priority="high")
+    assert "dropped 11 waiting task(s)" in cli("purge", "sim", "--yes")
+    assert broker.queue_depths() == {}
+    assert broker.redis.hlen(f"{namespace}:task") == 0
+    broker.close()
+
+
+def test_every_key_left_after_a_run_expires(redis_server, namespace, tmp_path):
+    _broker, queues = make(redis_server, namespace, ttl_seconds=3600)
+    queues.send_batch([(i, 1) for i in range(20)], method="add", keys=[f"k{i}" for i in range(20)])
+    queues.send_inputs(str(tmp_path / "never"), method="fail_unless")
+    queues.send_inputs(2_000_000, method="big_value")  # a value sent by reference
+    with WorkerPool(queues, [methods.add, methods.fail_unless, methods.big_value]):
+        results = [queues.get_result(timeout=60) for _ in range(22)]
+    assert len(results) == 22
+    queues.close()
+    raw = redis.Redis.from_url(redis_server.url)
+    keys = list(raw.scan_iter(match=f"{namespace}:*"))
+    assert any(b":blob:" in k for k in keys) and any(b":failed:" in k for k in keys)
+    forever = [k for k in keys if raw.ttl(k) == -1]
+    assert forever == [], f"keys that never expire: {forever}"
+
+
+def test_big_values_travel_by_reference_and_oversized_ones_are_refused(
+    redis_server, namespace, tmp_path
+):
+    for store in (None, tmp_path / "values"):
+        broker, queues = make(
+            redis_server,
+            namespace + ("d" if store else "r"),
+            inline_limit=64 * 1024,
+            max_payload_bytes=4 * 1024 * 1024,
+            value_store=store,
+        )
+        payload = bytes(range(256)) * 1024  # 256 KiB: over the inline limit
+        queues.send_inputs(payload, method="echo")
+        queues.send_inputs(8 * 1024 * 1024, method="big_value")  # a value over the limit
+        with WorkerPool(queues, [methods.echo, methods.big_value], mode="thread"):
+            results = {r.method: r for r in (queues.get_result(timeout=60) for _ in range(2))}
+        assert results["echo"].value == payload
+        too_big = results["big_value"]
+        assert not too_big.success and "over the broker's limit" in too_big.failure.message
+        with pytest.raises(SerializationError, match="over the broker's limit of 4.0 MiB"):
+            queues.send_inputs(b"y" * (5 * 1024 * 1024), method="echo")
+        if store is not None:
+            assert any(store.iterdir())
+        broker.close()
+
+
+def test_a_client_gives_up_on_an_unreachable_redis_with_a_clear_error():
+    from conftest import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    broker = RedisBroker(url, "nobody", connect_timeout=1.0)
+    queues = Queues(methods=["add"], broker=broker)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=f"Redis at {url} is unreachable"):
+        queues.send_inputs(1, 2, method="add")
+    assert time.monotonic() - started < 10
+    assert queues.active_count() == 0  # not counted: it was never acknowledged
+
+
+def test_burst_worker_exits_once_the_queues_are_empty(
+    redis_server, namespace, start_worker, tmp_path
+):
+    broker, queues = make(redis_server, namespace)
+    queues.send_batch([(i, i) for i in range(30)], method="add")
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        f'[worker]\nredis = "{redis_server.url}"\nqueues = ["sim"]\n'
+        'methods = ["methods:add"]\nconcurrency = 2\nburst = true\n'
+    )
+    worker = start_worker(redis_server, namespace, "--config", str(config))
+    assert worker.process.wait(120) == 0
+    assert "queues empty (--burst)" in worker.log()
+    assert sorted(queues.get_result(timeout=10).value for _ in range(30)) == [
+        2 * i for i in range(30)
+    ]
+    broker.close()
+
+
+def test_max_idle_worker_exits_after_idling(redis_server, namespace, start_worker):
+    broker, queues = make(redis_server, namespace)
+    worker = start_worker(
+        redis_server, namespace, "--queues", "sim", "--method", "methods:add", "--max-idle", "1"
+    )
+    queues.send_inputs(1, 1, method="add")
+    assert queues.get_result(timeout=60).value == 2
+    assert worker.process.wait(60) == 0
+    assert "idle for" in worker.log()
+    broker.close()
+
+
+def test_a_bad_config_file_names_the_unknown_setting(redis_server, tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text('[worker]\nredis = "redis://127.0.0.1:1/0"\nthreads = 4\n')
+    outcome = CliRunner().invoke(main, ["worker", "--config", str(config)])
+    assert outcome.exit_code == 2
+    assert "unknown worker setting 'threads'" in outcome.output
