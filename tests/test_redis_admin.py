@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import methods
 from conftest import TEST_KEY, wait_until
 from steersman import Queues, SerializationError, WorkerPool
+from steersman import cli as cli_module
 from steersman.brokers.redis import BrokerUnavailable, RedisBroker
 from steersman.cli import main
 
@@ -28,6 +29,7 @@ def cli(redis_server, namespace, monkeypatch):
     monkeypatch.setenv("STEERSMAN_HMAC_KEY", TEST_KEY)
     monkeypatch.setenv("STEERSMAN_REDIS_URL", redis_server.url)
     monkeypatch.setenv("STEERSMAN_NAMESPACE", namespace)
+    monkeypatch.setattr(cli_module.console, "width", 160)  # tables not folded at 80 columns
 
     def run(*args):
         outcome = CliRunner().invoke(main, list(args))

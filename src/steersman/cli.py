@@ -324,6 +324,12 @@ def status(redis_url, namespace, insecure, watch):
         broker.close()
 
 
+def _short_task(entry: str) -> str:
+    """'<task id> <method>' as 'method (first 8 of the id)'."""
+    task_id, _, method = entry.partition(" ")
+    return f"{method} ({task_id[:8]})"
+
+
 def _status_view(state):
     import time
 
@@ -336,7 +342,7 @@ def _status_view(state):
         queues.add_row(name, *(str(row[k]) for k in ("depth", "in_flight", "done", "failed")))
     clients = Table(title="workers and clients")
     for column in ("host", "pid", "role", "lanes", "running", "holds", "last heartbeat"):
-        clients.add_column(column)
+        clients.add_column(column, overflow="fold")
     now = time.time()
     for info in state["clients"]:
         beat = info.get("beat")
@@ -348,7 +354,7 @@ def _status_view(state):
             str(info.get("pid", "?")),
             str(info.get("role", "?")),
             ",".join(info.get("lanes", [])) or "-",
-            "\n".join(info.get("running", [])) or "-",
+            "\n".join(_short_task(entry) for entry in info.get("running", [])) or "-",
             str(info.get("held", 0)),
             ago,
         )

@@ -356,6 +356,27 @@ def _size(n: int) -> str:
     return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
+class _Wake:
+    """A list a blocked wait also listens on, pushed to when its ``stop`` Flag is set."""
+
+    def __init__(self, broker: RedisBroker, stop: threading.Event | None) -> None:
+        self.broker = broker
+        self.key = broker._k("wake", uuid.uuid4().hex)
+        self.rung = False
+        self.stop = stop
+        self.token = stop.add_waker(self.ring) if isinstance(stop, Flag) else None
+
+    def ring(self) -> None:
+        self.rung = True
+        self.broker._ring(self.key)
+
+    def close(self) -> None:
+        if self.token is not None:
+            self.stop.remove_waker(self.token)
+        if self.rung:
+            self.broker._forget_key(self.key)
+
+
 class RedisBroker:
     """Tasks and results in Redis, behind the same interface as :class:`LocalBroker`.
 
@@ -671,10 +692,7 @@ class RedisBroker:
         self._ensure_heartbeat("worker")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         bells = list(dict.fromkeys(self._k("bell", lane.split(":")[0]) for lane in lanes))
-        wake_key = self._k("wake", uuid.uuid4().hex)
-        token = None
-        if isinstance(stop, Flag):
-            token = stop.add_waker(lambda: self._ring(wake_key))
+        wake: _Wake | None = None
         try:
             while True:
                 if stop is not None and stop.is_set():
@@ -688,14 +706,16 @@ class RedisBroker:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return []
+                if wake is None:
+                    wake = _Wake(self, stop)  # only now: most calls never block
+                    continue  # look again, in case stop was set before the waker was
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
-                self._call("wait", self.redis.blpop, [*bells, wake_key], timeout=block)
+                self._call("wait", self.redis.blpop, [*bells, wake.key], timeout=block)
         finally:
-            if token is not None:
-                stop.remove_waker(token)
-            self._forget_key(wake_key)
+            if wake is not None:
+                wake.close()
 
     def _forget_key(self, key: str) -> None:
         with contextlib.suppress(redis.RedisError):  # else it expires on its own
@@ -808,9 +828,8 @@ class RedisBroker:
         :meth:`close`), so a reader that dies gives back what it had not finished with."""
         self._ensure_heartbeat("client")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        wake_key = self._k("wake", uuid.uuid4().hex)
         bell = self._k("rbell", topic)
-        token = stop.add_waker(lambda: self._ring(wake_key)) if isinstance(stop, Flag) else None
+        wake: _Wake | None = None
         try:
             while True:
                 with self._results_lock:
@@ -835,14 +854,16 @@ class RedisBroker:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
+                if wake is None:
+                    wake = _Wake(self, stop)  # only now: most calls never block
+                    continue  # look again, in case stop was set before the waker was
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
-                self._call("wait for results", self.redis.blpop, [bell, wake_key], timeout=block)
+                self._call("wait for results", self.redis.blpop, [bell, wake.key], timeout=block)
         finally:
-            if token is not None:
-                stop.remove_waker(token)
-            self._forget_key(wake_key)
+            if wake is not None:
+                wake.close()
 
     def _read_result(self, data: bytes) -> Result | None:
         try:
