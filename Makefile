@@ -24,8 +24,9 @@ redis:
 test: $(STAMP) redis
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) redis
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/redis_broker.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

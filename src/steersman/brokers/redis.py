@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ logger = logging.getLogger(__name__)
 HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
 MiB = 1024 * 1024
+_length = struct.Struct(">I").pack
 
 
 class BrokerUnavailable(SteersmanError):
@@ -73,11 +75,20 @@ class BrokerUnavailable(SteersmanError):
 
 
 _SUBMIT = """
--- ARGV: ns, ttl, then (id, lane, queue, envelope, key or '') per task
-local ns, ttl = ARGV[1], ARGV[2]
+-- ARGV: ns, ttl, packed: per task id, lane, queue, envelope, key ('' if none), each
+-- a 4-byte big-endian length and the bytes (one argument instead of five per task)
+local ns, ttl, packed = ARGV[1], ARGV[2], ARGV[3]
 local out, bells = {}, {}
-for i = 3, #ARGV, 5 do
-  local id, lane, queue, envelope, key = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+local pos = 1
+local function field()
+  local size
+  size, pos = struct.unpack('>I4', packed, pos)
+  local value = string.sub(packed, pos, pos + size - 1)
+  pos = pos + size
+  return value
+end
+while pos <= #packed do
+  local id, lane, queue, envelope, key = field(), field(), field(), field(), field()
   local first = false
   if key ~= '' then
     first = redis.call('SET', ns .. ':key:' .. key, id, 'NX', 'GET', 'EX', ttl)
@@ -477,12 +488,12 @@ class RedisBroker:
         body = encode(task)
         if self.key is None:
             return body
-        return hmac.new(self.key, body, hashlib.sha256).digest() + body
+        return hmac.digest(self.key, body, "sha256") + body
 
     def _open(self, data: bytes) -> Result:
         if self.key is not None:
             signature, body = data[:SIGNATURE_BYTES], data[SIGNATURE_BYTES:]
-            expected = hmac.new(self.key, body, hashlib.sha256).digest()
+            expected = hmac.digest(self.key, body, "sha256")
             if len(data) <= SIGNATURE_BYTES or not hmac.compare_digest(signature, expected):
                 raise EnvelopeError(
                     "message signature does not match: forged, or signed with another key"
@@ -586,10 +597,17 @@ class RedisBroker:
         out: list[tuple[str, bool]] = []
         for start in range(0, len(tasks), chunk):
             part = tasks[start : start + chunk]
-            args: list[Any] = [self.ttl_seconds]
-            for task in part:
-                args += [task.task_id, task.lane, task.queue, self._seal(task), task.key or ""]
-            firsts = self._run("submit", *args)
+            fields: list[bytes] = []
+            for t in part:
+                for value in (
+                    t.task_id.encode(),
+                    t.lane.encode(),
+                    t.queue.encode(),
+                    self._seal(t),
+                    (t.key or "").encode(),
+                ):
+                    fields += (_length(len(value)), value)
+            firsts = self._run("submit", self.ttl_seconds, b"".join(fields))
             for task, first in zip(part, firsts, strict=True):
                 first = first.decode() if isinstance(first, bytes) else first
                 out.append((first, first == task.task_id))
