@@ -726,7 +726,8 @@ class RedisBroker:
                     return []
                 if wake is None:
                     wake = _Wake(self, stop)  # only now: most calls never block
-                    continue  # look again, in case stop was set before the waker was
+                    if stop is not None and stop.is_set():  # set before the waker was
+                        continue
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
@@ -874,7 +875,8 @@ class RedisBroker:
                     return None
                 if wake is None:
                     wake = _Wake(self, stop)  # only now: most calls never block
-                    continue  # look again, in case stop was set before the waker was
+                    if stop is not None and stop.is_set():  # set before the waker was
+                        continue
                 block = 0 if remaining is None else max(remaining, 0.001)
                 if stop is not None and not isinstance(stop, Flag):
                     block = 0.05 if block == 0 else min(block, 0.05)
