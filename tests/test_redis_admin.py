@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import methods
 from conftest import TEST_KEY, wait_until
-from steersman import Queues, SerializationError, WorkerPool
+from steersman import ConfigurationError, Queues, SerializationError, WorkerPool
 from steersman import cli as cli_module
 from steersman.brokers.redis import BrokerUnavailable, RedisBroker
 from steersman.cli import main
@@ -214,3 +214,66 @@ def test_a_bad_config_file_names_the_unknown_setting(redis_server, tmp_path):
     outcome = CliRunner().invoke(main, ["worker", "--config", str(config)])
     assert outcome.exit_code == 2
     assert "unknown worker setting 'threads'" in outcome.output
+
+
+def test_an_acl_user_with_a_password_works_and_a_wrong_password_is_one_clear_error(
+    redis_server, namespace
+):
+    admin = redis.Redis.from_url(redis_server.url)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">s3cret", f"~{namespace}:*", "+@all")
+    host = f"127.0.0.1:{redis_server.port}"
+    try:
+        broker, queues = make(redis_server, namespace)
+        broker.close()
+        good = RedisBroker(f"redis://{user}:s3cret@{host}/0", namespace, hmac_key=TEST_KEY)
+        queues = Queues(methods=["add"], broker=good)
+        with WorkerPool(queues, [methods.add], mode="thread"):
+            queues.send_inputs(20, 22, method="add")
+            assert queues.get_result(timeout=30).value == 42
+        good.close()
+        bad = RedisBroker(f"redis://{user}:wrong@{host}/0", namespace, hmac_key=TEST_KEY)
+        with pytest.raises(ConfigurationError, match="refused this client") as caught:
+            Queues(methods=["add"], broker=bad).send_inputs(1, 1, method="add")
+        assert "wrong" not in str(caught.value)  # the password is not echoed
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+
+
+def test_status_watch_shows_the_table_and_stops_cleanly_on_ctrl_c(redis_server, namespace):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    broker, queues = make(redis_server, namespace)
+    queues.send_batch([(i, 0) for i in range(7)], method="add")
+    env = {**os.environ, "STEERSMAN_HMAC_KEY": TEST_KEY, "COLUMNS": "160"}
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steersman.cli",
+            "status",
+            "--redis",
+            redis_server.url,
+            "--namespace",
+            namespace,
+            "--watch",
+            "0.2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = watcher.stdout.readline()
+        assert namespace in first
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        assert watcher.returncode == 0, err
+        assert "7" in out  # the waiting tasks, in the table it leaves on screen
+    finally:
+        watcher.kill()
+    broker.close()

@@ -270,7 +270,7 @@ def worker(
     ).start()
     errors.print(
         f"steersman worker: {concurrency} process(es) serving {', '.join(lane_list)} "
-        f"of namespace {namespace!r} at {redis_url}"
+        f"of namespace {namespace!r} at {broker.where}"
     )
     why = "stopping"
     # Burst and idle limits are checked twice a second; otherwise the wait only lets signals in.

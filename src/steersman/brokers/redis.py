@@ -363,6 +363,15 @@ def load_hmac_key(key: bytes | str | None = None) -> bytes | None:
     return key
 
 
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def _size(n: int) -> str:
     return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
@@ -426,12 +435,14 @@ class RedisBroker:
         if lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds!r}")
         self.url = url
+        self.where = _redact(url)  # for messages: no password
         self.namespace = namespace
         self.key = load_hmac_key(hmac_key)
         if self.key is None and not insecure and not _is_loopback(url):
             raise ConfigurationError(
-                f"refusing unsigned messages over {url}: set {HMAC_KEY_ENV} (or pass hmac_key=) "
-                "on every client and worker, or pass insecure=True if the network is trusted"
+                f"refusing unsigned messages over {_redact(url)}: set {HMAC_KEY_ENV} "
+                "(or pass hmac_key=) on every client and worker, or pass insecure=True if the "
+                "network is trusted"
             )
         self.lease_seconds = lease_seconds
         self.ttl_seconds = int(ttl_seconds)
@@ -572,15 +583,27 @@ class RedisBroker:
         while True:
             try:
                 return func(*args, **kwargs)
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+                # Waiting will not fix a wrong password or a missing permission.
+                raise ConfigurationError(
+                    f"Redis at {self.where} refused this client: {error}; check the "
+                    "user and password in the URL and that user's ACL rules"
+                ) from None
+            except redis.exceptions.NoPermissionError as error:
+                raise ConfigurationError(
+                    f"Redis at {self.where} denied a command: {error}; the ACL user "
+                    "needs +@all on the namespace's keys (~ns:*) or at least scripting, "
+                    "list, hash, set, string and key commands"
+                ) from None
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
-                        f"Redis at {self.url} is unreachable ({error}) after "
+                        f"Redis at {self.where} is unreachable ({error}) after "
                         f"{self.connect_timeout:g} s; is redis-server running there?"
                     ) from error
                 logger.warning(
                     "Redis at %s unreachable during %s (%s); retrying in %.2f s",
-                    self.url,
+                    self.where,
                     what,
                     error,
                     delay,
@@ -667,11 +690,13 @@ class RedisBroker:
                     for handler in list(self.cancel_handlers) if ids else ():
                         handler([i.decode() for i in ids])
                 if failing:
-                    logger.warning("heartbeat to Redis at %s is back", self.url)
+                    logger.warning("heartbeat to Redis at %s is back", self.where)
                 failing = False
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if not failing:
-                    logger.warning("heartbeat to Redis at %s failed: %s; retrying", self.url, error)
+                    logger.warning(
+                        "heartbeat to Redis at %s failed: %s; retrying", self.where, error
+                    )
                 failing = True
 
     def reap(self, force: bool = False) -> int:
@@ -756,7 +781,7 @@ class RedisBroker:
             try:
                 task = self._open(data)
             except EnvelopeError as error:
-                logger.error("rejected task %s from Redis at %s: %s", task_id, self.url, error)
+                logger.error("rejected task %s from Redis at %s: %s", task_id, self.where, error)
                 pipe = self.redis.pipeline()
                 pipe.lrem(self._k("held", self.consumer), 1, task_id)
                 pipe.hdel(self._k("task"), task_id)
@@ -889,7 +914,7 @@ class RedisBroker:
         try:
             return self._open(data)
         except EnvelopeError as error:
-            logger.error("rejected a result from Redis at %s: %s", self.url, error)
+            logger.error("rejected a result from Redis at %s: %s", self.where, error)
             return None
 
     # -------------------------------------------------------------------- administration
@@ -1006,5 +1031,5 @@ class RedisBroker:
                 pipe.srem(self._k("consumers"), self.consumer)
             pipe.execute()
         except redis.RedisError as error:
-            logger.warning("could not tidy up in Redis at %s while closing: %s", self.url, error)
+            logger.warning("could not tidy up in Redis at %s while closing: %s", self.where, error)
         self.redis.close()

@@ -15,6 +15,7 @@ No agent polls: every wait wakes the moment its condition or ``self.done`` chang
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -165,6 +166,23 @@ class AgentFailure:
     error: BaseException
 
 
+SIGINT_CHECK_SECONDS = 0.1
+"""How often a thinker's run() in the main thread looks for a Ctrl-C."""
+
+
+def _catch_sigint(interrupted: list[int]):
+    """In the main thread, make Ctrl-C append to ``interrupted`` instead of raising
+    KeyboardInterrupt wherever the main thread happens to be. Returns whether it did, and
+    the previous handler (not in the main thread, Python delivers no signals anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False, None
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum))
+    except ValueError:
+        return False, None
+    return True, signal.default_int_handler if previous is None else previous
+
+
 class BaseThinker(threading.Thread):
     """Steers a campaign: its decorated methods are agents that run as threads.
 
@@ -275,15 +293,20 @@ class BaseThinker(threading.Thread):
         if self.rec is not None:
             self.rec._abort = self._abort
         self.make_logger().info("starting %d agents", len(threads))
+        interrupted: list[int] = []
+        caught, previous = _catch_sigint(interrupted)
         try:
             for thread in threads:
                 thread.start()
-            with self._state:
-                wait_for(self._state, lambda: self._running_agents == 0, None, self._abort)
+            self._wait_for_agents(interrupted if caught else None)
+            if interrupted:
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             self._stop_early("interrupted (Ctrl-C)")
             raise
         finally:
+            if caught:
+                signal.signal(signal.SIGINT, previous)
             if self._abort.is_set():
                 self._join(threads, self.shutdown_grace)
             else:
@@ -300,6 +323,22 @@ class BaseThinker(threading.Thread):
                 )
             raise error
         self.make_logger().info("all agents finished")
+
+    def _wait_for_agents(self, interrupted: list[int] | None) -> None:
+        def finished() -> bool:
+            return self._running_agents == 0 or bool(interrupted)
+
+        with self._state:
+            if interrupted is None:
+                wait_for(self._state, finished, None, self._abort)
+                return
+            # Ctrl-C only marks `interrupted` (an exception raised at an arbitrary point
+            # could leave a lock held); the main thread looks at it this often.
+            while not wait_for(
+                self._state, finished, time.monotonic() + SIGINT_CHECK_SECONDS, self._abort
+            ):
+                if self._abort.is_set():
+                    return
 
     def _join(self, threads: list[threading.Thread], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
