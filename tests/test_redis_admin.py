@@ -245,6 +245,7 @@ def test_status_watch_shows_the_table_and_stops_cleanly_on_ctrl_c(redis_server, 
     import signal
     import subprocess
     import sys
+    import threading
 
     broker, queues = make(redis_server, namespace)
     queues.send_batch([(i, 0) for i in range(7)], method="add")
@@ -267,13 +268,17 @@ def test_status_watch_shows_the_table_and_stops_cleanly_on_ctrl_c(redis_server, 
         stderr=subprocess.PIPE,
         text=True,
     )
+    seen = []
     try:
-        first = watcher.stdout.readline()
-        assert namespace in first
+        # Piped, each refresh is printed in turn: wait for a second table, then Ctrl-C.
+        reader = threading.Thread(
+            target=lambda: seen.extend(iter(watcher.stdout.readline, "")), daemon=True
+        )
+        reader.start()
+        wait_until(lambda: "".join(seen).count(namespace) >= 2, 60, "two refreshes")
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=30)
-        assert watcher.returncode == 0, err
-        assert "7" in out  # the waiting tasks, in the table it leaves on screen
+        assert watcher.wait(30) == 0, watcher.stderr.read()
     finally:
         watcher.kill()
+    assert " 7 " in "".join(seen)  # the waiting tasks
     broker.close()

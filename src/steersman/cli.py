@@ -309,17 +309,21 @@ def status(redis_url, namespace, insecure, watch):
         if watch is None:
             console.print(_status_view(broker.status()))
             return
-        from rich.live import Live
+        import threading
 
-        with Live(_status_view(broker.status()), console=console, auto_refresh=False) as live:
-            import threading
+        pause = threading.Event()  # never set: its wait is the refresh period
+        try:
+            if not console.is_terminal:  # piped or logged: print each refresh in turn
+                while True:
+                    console.print(_status_view(broker.status()))
+                    pause.wait(watch)
+            from rich.live import Live
 
-            pause = threading.Event()
-            try:
+            with Live(_status_view(broker.status()), console=console, auto_refresh=False) as live:
                 while not pause.wait(watch):
                     live.update(_status_view(broker.status()), refresh=True)
-            except KeyboardInterrupt:
-                pass
+        except KeyboardInterrupt:
+            pass
     finally:
         broker.close()
 
