@@ -309,21 +309,24 @@ def status(redis_url, namespace, insecure, watch):
         if watch is None:
             console.print(_status_view(broker.status()))
             return
+        import signal
         import threading
 
-        pause = threading.Event()  # never set: its wait is the refresh period
-        try:
-            if not console.is_terminal:  # piped or logged: print each refresh in turn
-                while True:
-                    console.print(_status_view(broker.status()))
-                    pause.wait(watch)
-            from rich.live import Live
+        # Ctrl-C or SIGTERM ends the watch (handled here: an inherited "ignore" would
+        # otherwise swallow Ctrl-C).
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        if not console.is_terminal:  # piped or logged: print each refresh in turn
+            while not stop.is_set():
+                console.print(_status_view(broker.status()))
+                stop.wait(watch)
+            return
+        from rich.live import Live
 
-            with Live(_status_view(broker.status()), console=console, auto_refresh=False) as live:
-                while not pause.wait(watch):
-                    live.update(_status_view(broker.status()), refresh=True)
-        except KeyboardInterrupt:
-            pass
+        with Live(_status_view(broker.status()), console=console, auto_refresh=False) as live:
+            while not stop.wait(watch):
+                live.update(_status_view(broker.status()), refresh=True)
     finally:
         broker.close()
 
