@@ -212,20 +212,21 @@ class Result(msgspec.Struct, kw_only=True, dict=True):
         ts = self.timestamps
         ts.picked_up = ts.started = ts.finished = ts.result_queued = None
 
+    def finish_failed(self, kind: FailureKind, type: str, message: str) -> None:
+        """Make this the final Result of a task that failed outside its method (cancelled,
+        unsendable, its workers lost), stamped as queued now."""
+        self.complete = True
+        self.set_failure(Failure(kind=kind, type=type, message=message))
+        self.timestamps.result_queued = time.time()
+
     def fail_as_lost(self, what_happened: str, attempts: int) -> None:
         """Make this the final Result of a task whose workers kept dying: no retries left."""
-        self.complete = True
-        self.set_failure(
-            Failure(
-                kind="worker_lost",
-                type="WorkerLost",
-                message=(
-                    f"{what_happened} on each of {attempts} attempt(s); "
-                    f"max_retries={self.max_retries} is used up"
-                ),
-            )
+        self.finish_failed(
+            "worker_lost",
+            "WorkerLost",
+            f"{what_happened} on each of {attempts} attempt(s); "
+            f"max_retries={self.max_retries} is used up",
         )
-        self.timestamps.result_queued = time.time()
 
     @property
     def time_running(self) -> float | None:

@@ -924,11 +924,7 @@ class RedisBroker:
         ``(queued, running)``."""
         queued, running = self._cancel(task_ids, running=True)
         for task in queued:
-            task.complete = True
-            task.set_failure(
-                Failure(kind="cancelled", type="Cancelled", message="cancelled while queued")
-            )
-            task.timestamps.result_queued = time.time()
+            task.finish_failed("cancelled", "Cancelled", "cancelled while queued")
         self.put_results(queued)
         return len(queued), len(running)
 

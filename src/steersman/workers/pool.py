@@ -33,7 +33,6 @@ from steersman.errors import ConfigurationError, EnvelopeError, PoolError, Steer
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
-    Failure,
     Result,
     WorkerInfo,
     decode_batch,
@@ -609,15 +608,11 @@ class _ProcessWorkers:
                 self._remove_inflight(worker, task.task_id)
             self.lock.notify_all()
         for task in batch:
-            task.complete = True
-            task.set_failure(
-                Failure(
-                    kind="exception",
-                    type="SerializationError",
-                    message=f"the task could not be sent to a worker: {error}",
-                )
+            task.finish_failed(
+                "exception",
+                "SerializationError",
+                f"the task could not be sent to a worker: {error}",
             )
-            task.timestamps.result_queued = time.time()
         self.broker.put_results(batch)
 
     # ------------------------------------------------------------------------- collector
@@ -789,15 +784,11 @@ class _ProcessWorkers:
                     self.broker.requeue(task, front=True)
             if cancelled:
                 for task in cancelled:
-                    task.complete = True
-                    task.set_failure(
-                        Failure(
-                            kind="cancelled",
-                            type="Cancelled",
-                            message=f"cancelled on request; worker {worker.worker_id} stopped",
-                        )
+                    task.finish_failed(
+                        "cancelled",
+                        "Cancelled",
+                        f"cancelled on request; worker {worker.worker_id} stopped",
                     )
-                    task.timestamps.result_queued = time.time()
                 self.broker.put_results(cancelled)
             if running.task_id not in worker.cancelled:
                 self._settle_lost(worker, running, how)
