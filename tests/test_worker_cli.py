@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,32 +17,16 @@ from steersman.brokers.redis import RedisBroker
 TESTS = Path(__file__).resolve().parent
 
 
-def start_worker(server, namespace, *extra):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "STEERSMAN_HMAC_KEY": "test-signing-key"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "steersman.cli",
-            "worker",
-            "--redis",
-            server.url,
-            "--namespace",
-            namespace,
-            "--queues",
-            "sim:high,sim",
-            "--method",
-            "methods:add",
-            "--method",
-            "methods:wait_for_file",
-            "--concurrency",
-            "2",
-            *extra,
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+CLI = [
+    "--queues",
+    "sim:high,sim",
+    "--method",
+    "methods:add",
+    "--method",
+    "methods:wait_for_file",
+    "--concurrency",
+    "2",
+]
 
 
 @pytest.fixture
@@ -56,34 +39,34 @@ def client(server, namespace):
     return broker, Queues(methods={"add": "sim", "wait_for_file": "sim"}, broker=broker)
 
 
-def test_standalone_worker_serves_tasks_and_stops_on_sigterm(redis_server, namespace):
+def test_standalone_worker_serves_tasks_and_stops_on_sigterm(redis_server, namespace, start_worker):
     broker, queues = client(redis_server, namespace)
-    proc = start_worker(redis_server, namespace)
+    worker = start_worker(redis_server, namespace, *CLI)
+    proc = worker.process
     try:
         for i in range(10):
             queues.send_inputs(i, 1, method="add", priority="high" if i % 2 else "normal")
         values = sorted(queues.get_result(timeout=60).value for _ in range(10))
         assert values == list(range(1, 11))
-        proc.send_signal(signal.SIGTERM)
+        worker.kill(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        proc.kill()
         broker.close()
 
 
 def test_sigterm_mid_task_lets_it_finish_and_its_result_arrives_once(
-    redis_server, namespace, tmp_path
+    redis_server, namespace, tmp_path, start_worker
 ):
     broker, queues = client(redis_server, namespace)
-    proc = start_worker(redis_server, namespace, "--grace", "30")
+    worker = start_worker(redis_server, namespace, *CLI, "--grace", "30")
+    proc = worker.process
     gate = tmp_path / "gate"
     try:
         queues.send_inputs(str(gate), method="wait_for_file")
         wait_until((tmp_path / "gate.started").exists, 60, "the task to start")
-        proc.send_signal(signal.SIGTERM)
+        worker.kill(signal.SIGTERM)
         # Only once the worker is stopping does the task get to finish (within the grace).
-        lines = iter(proc.stderr.readline, "")
-        assert any("stopping" in line for line in lines)
+        wait_until(lambda: "stopping" in worker.log(), 30, "the worker to say it is stopping")
         gate.touch()
         result = queues.get_result(timeout=60)
         assert result.success, result.failure
@@ -93,7 +76,6 @@ def test_sigterm_mid_task_lets_it_finish_and_its_result_arrives_once(
         with pytest.raises(ResultTimeout):
             queues.get_result(timeout=0.5)
     finally:
-        proc.kill()
         broker.close()
 
 
