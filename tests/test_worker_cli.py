@@ -6,16 +6,12 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_until
 from steersman import Queues
 from steersman.brokers.redis import RedisBroker
-
-TESTS = Path(__file__).resolve().parent
-
 
 CLI = [
     "--queues",
