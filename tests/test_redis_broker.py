@@ -10,6 +10,7 @@ import pytest
 import redis
 
 import methods
+from conftest import wait_until
 from steersman import ConfigurationError, Queues, ResultTimeout, WorkerPool
 from steersman.brokers.redis import RedisBroker
 
@@ -127,3 +128,75 @@ def test_max_retries_counts_lost_leases(redis_server):
     assert "max_retries=0" in result.failure.message
     for b in (client, rescuer):
         b.close()
+
+
+def test_a_result_fetch_asked_again_under_its_number_returns_the_same_results(redis_server):
+    # A fetch whose reply was lost (Redis restarted or the connection dropped after the move)
+    # is asked again with the same number: it must return what it took, not acknowledge it.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    for i in range(3):
+        queues.send_inputs(i, 1, method="add")
+    for task in worker.get_tasks(["default"], 3, timeout=5):
+        task.set_value(sum(task.args))
+        worker.put_result(task)
+    args = (client.consumer, "default", 64, 60)
+    first = client._run("take_results", *args, 7)
+    again = client._run("take_results", *args, 7)
+    assert len(first) == 3 and again == first
+    # The next number acknowledges them: nothing comes back.
+    assert client._run("take_results", *args, 8) == []
+    assert client._run("take_results", *args, 8) == []
+    worker.close()
+    client.close()
+
+
+def test_tasks_a_take_moved_but_never_reported_are_taken_back(redis_server):
+    # The move into the held list happened, its reply was lost: while the worker lives no
+    # lease ends, so the worker itself must notice and take the tasks on its next fetch.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    worker._ensure_heartbeat("worker")
+    sent = queues.send_inputs(2, 2, method="add")
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = client.namespace
+    raw.lmove(f"{ns}:lane:default", f"{ns}:held:{worker.consumer}", "LEFT", "RIGHT")
+    worker._take_unsure = True  # what a connection error during a take sets
+    taken = worker.get_tasks(["default"], 1, timeout=5)
+    assert [t.task_id for t in taken] == [sent]
+    worker.close()
+    client.close()
+
+
+def test_a_stop_flag_wakes_a_blocked_wait_at_once(redis_server):
+    import threading
+
+    from steersman.flag import Flag
+
+    client = broker(redis_server)
+    client._ensure_heartbeat("client")
+    raw = redis.Redis.from_url(redis_server.url)
+
+    def blocked() -> int:
+        return raw.info("clients")["blocked_clients"]
+
+    for wait in (
+        lambda stop: client.get_result("default", stop=stop),
+        lambda stop: client.get_tasks(["default"], 1, stop=stop),
+        lambda stop: client.get_tasks(["default", "other"], 1, stop=stop),
+    ):
+        stop = Flag()
+        returned: list = []
+        thread = threading.Thread(target=lambda w=wait, s=stop, r=returned: r.append(w(s)))
+        before = blocked()
+        thread.start()
+        wait_until(lambda b=before: blocked() > b, what="the wait to block in Redis")
+        started = time.monotonic()
+        stop.set()
+        thread.join(10)
+        # Each blocking call is bounded at 2 s as a safety net; the flag must beat it.
+        assert time.monotonic() - started < 1.5
+        assert returned in ([None], [[]])
+    client.close()

@@ -6,14 +6,15 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:laneof``      hash  task id -> lane, for handing a task back
 - ``{ns}:lost``        hash  task id -> leases that ran out while a consumer held it
 - ``{ns}:lane:L``      list  ids waiting in lane L (``sim:high``, ``sim``, ``sim:low``)
-- ``{ns}:bell:Q``      list  tokens that wake consumers blocked on queue Q (at most 64)
+- ``{ns}:bell:Q``      list  tokens that wake workers of several lanes blocked on queue Q
+                         (at most 64); a worker of one lane blocks on the lane itself
 - ``{ns}:held:C``      list  ids client C has taken and not finished (running or prefetched)
 - ``{ns}:hb:C``        string, expires after the lease: client C is alive
 - ``{ns}:info:C``      hash, expires: host, pid, role and current task of C, for ``status``
 - ``{ns}:consumers``   set   clients that may hold tasks or unacknowledged results
 - ``{ns}:result:T``    list  signed envelopes of results on topic T
-- ``{ns}:rbell:T``     list  tokens that wake readers blocked on topic T (at most 64)
 - ``{ns}:unacked:C:T`` list  results C took from topic T and has not acknowledged
+- ``{ns}:useq:C:T``    string, expires: the number of C's last fetch from topic T
 - ``{ns}:utopics:C``   set   topics C holds unacknowledged results of
 - ``{ns}:done:ID``     string, expires: the final result of ID was delivered (once only)
 - ``{ns}:key:K``       string, expires: the id of the task submitted with user key K
@@ -28,8 +29,9 @@ two steps cannot lose or duplicate a task. A task is taken with ``LMOVE`` into i
 consumer's held list; if the consumer stops heart-beating, a live client hands its held
 tasks back (the *reaper*), counting a lost attempt. A final result is pushed only if its
 ``done`` marker did not exist: a task may run twice, its result is delivered once. A reader
-moves results into its own unacknowledged list and acknowledges them when it comes back for
-more, so a reader that dies holding results gives them back too.
+moves results into its own unacknowledged list (``BLMOVE`` when it has to wait) and
+acknowledges them when it comes back for more, so a reader that dies holding results gives
+them back too. A blocked wait is ended by ``CLIENT UNBLOCK`` when its stop flag is set.
 
 Scripts build key names from the namespace, so the broker needs one Redis server (or a
 replicated primary), not a Redis Cluster.
@@ -37,7 +39,6 @@ replicated primary), not a Redis Cluster.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -59,7 +60,7 @@ import msgspec
 import redis
 
 from steersman.errors import ConfigurationError, EnvelopeError, SerializationError, SteersmanError
-from steersman.flag import Flag
+from steersman.flag import PLAIN_EVENT_CHECK_SECONDS, Flag
 from steersman.task import Failure, Result, decode, encode, lanes_of
 
 logger = logging.getLogger(__name__)
@@ -143,20 +144,18 @@ _DELIVER = """
 -- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result
 local ns, ttl, now = ARGV[1], ARGV[3], ARGV[4]
 local held = ns .. ':held:' .. ARGV[2]
-local rung, delivered = {}, 0
+local delivered = 0
 for i = 5, #ARGV, 6 do
   local id, topic, queue = ARGV[i], ARGV[i+1], ARGV[i+2]
   local final, failed, envelope = ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local results = ns .. ':result:' .. topic
   if final == '0' then
     redis.call('RPUSH', results, envelope)
-    rung[topic] = true
     delivered = delivered + 1
   else
     if redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
       redis.call('RPUSH', results, envelope)
       redis.call('EXPIRE', results, ttl)
-      rung[topic] = true
       delivered = delivered + 1
       local stats = ns .. ':stats'
       if failed == '1' then
@@ -175,12 +174,6 @@ for i = 5, #ARGV, 6 do
     redis.call('LREM', held, 1, id)
     redis.call('SREM', ns .. ':cancel', id)
   end
-end
-for topic in pairs(rung) do
-  local bell = ns .. ':rbell:' .. topic
-  redis.call('RPUSH', bell, '1')
-  redis.call('LTRIM', bell, -64, -1)
-  redis.call('EXPIRE', bell, ttl)
 end
 return delivered
 """
@@ -234,8 +227,10 @@ for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
         redis.call('LPUSH', ns .. ':result:' .. topic, item)
         n = n + 1
       end
-      if n > 0 then redis.call('RPUSH', ns .. ':rbell:' .. topic, '1') end
       moved = moved + n
+    end
+    for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
+      redis.call('DEL', ns .. ':useq:' .. c .. ':' .. topic)
     end
     redis.call('DEL', topics, ns .. ':info:' .. c)
     redis.call('SREM', ns .. ':consumers', c)
@@ -245,26 +240,32 @@ return moved
 """
 
 _TAKE_RESULTS = """
--- ARGV: ns, consumer, topic, max, ttl. Acknowledges what this reader took before.
+-- ARGV: ns, consumer, topic, max, ttl, fetch: this reader's number for this fetch. A fetch
+-- with a new number acknowledges the previous one (its results were all handed out); the
+-- same number again is a retry after a lost reply and returns the same batch.
 local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
+local seq = ns .. ':useq:' .. c .. ':' .. topic
+if redis.call('GET', seq) == ARGV[6] then
+  return redis.call('LRANGE', unacked, 0, -1)
+end
 redis.call('DEL', unacked)
+redis.call('SET', seq, ARGV[6], 'EX', ARGV[5])
+redis.call('SADD', ns .. ':utopics:' .. c, topic)
+redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
 local items = redis.call('LPOP', ns .. ':result:' .. topic, ARGV[4])
 if not items then return {} end
 redis.call('RPUSH', unacked, unpack(items))
 redis.call('EXPIRE', unacked, ARGV[5])
-redis.call('SADD', ns .. ':utopics:' .. c, topic)
-redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
 return items
 """
 
 _RELEASE_RESULTS = """
 -- ARGV: ns, consumer, topic, then the envelopes taken but not handed to the caller, in order
 local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
-redis.call('DEL', ns .. ':unacked:' .. c .. ':' .. topic)
+redis.call('DEL', ns .. ':unacked:' .. c .. ':' .. topic, ns .. ':useq:' .. c .. ':' .. topic)
 redis.call('SREM', ns .. ':utopics:' .. c, topic)
 for i = #ARGV, 4, -1 do redis.call('LPUSH', ns .. ':result:' .. topic, ARGV[i]) end
-if #ARGV >= 4 then redis.call('RPUSH', ns .. ':rbell:' .. topic, '1') end
 return 1
 """
 
@@ -376,25 +377,13 @@ def _size(n: int) -> str:
     return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
-class _Wake:
-    """A list a blocked wait also listens on, pushed to when its ``stop`` Flag is set."""
+class _Reader:
+    """One client's state for reading one topic."""
 
-    def __init__(self, broker: RedisBroker, stop: threading.Event | None) -> None:
-        self.broker = broker
-        self.key = broker._k("wake", uuid.uuid4().hex)
-        self.rung = False
-        self.stop = stop
-        self.token = stop.add_waker(self.ring) if isinstance(stop, Flag) else None
-
-    def ring(self) -> None:
-        self.rung = True
-        self.broker._ring(self.key)
-
-    def close(self) -> None:
-        if self.token is not None:
-            self.stop.remove_waker(self.token)
-        if self.rung:
-            self.broker._forget_key(self.key)
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fetch = 1  # the number of the next fetch; a retry reuses it
+        self.drained = False  # the last fetch emptied the topic: block for the next
 
 
 class RedisBroker:
@@ -483,6 +472,12 @@ class RedisBroker:
         self._heart_lock = threading.Lock()
         self._results_lock = threading.Lock()
         self._buffers: dict[str, deque[bytes]] = {}
+        self._readers: dict[str, _Reader] = {}
+        self._mine: set[str] = set()
+        """Ids of tasks this client took and has not finished or handed back."""
+        self._mine_lock = threading.Lock()
+        self._take_unsure = False
+        """A take failed in flight: its tasks may sit in our held list, never seen."""
         self._closed = False
 
     # --------------------------------------------------------------------------- keys
@@ -593,7 +588,7 @@ class RedisBroker:
                 raise ConfigurationError(
                     f"Redis at {self.where} denied a command: {error}; the ACL user "
                     "needs +@all on the namespace's keys (~ns:*) or at least scripting, "
-                    "list, hash, set, string and key commands"
+                    "list, hash, set, string and key commands and CLIENT ID / UNBLOCK"
                 ) from None
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if deadline is not None and time.monotonic() + delay > deadline:
@@ -715,6 +710,61 @@ class RedisBroker:
             )
         return max(moved, 0)
 
+    def _blocking(
+        self, stop: threading.Event | None, commands: Sequence[tuple[Any, ...]]
+    ) -> list[Any] | None:
+        """Send ``commands`` (one of them blocks) in one round trip on a pooled connection.
+
+        A :class:`Flag` ``stop`` ends the block at once with ``CLIENT UNBLOCK``, so a wait
+        needs no wake list and no polling. Returns the replies, or None if ``stop`` was set.
+        """
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        token = None
+        try:
+            conn_id = self._client_id(conn)
+            if isinstance(stop, Flag):
+                token = stop.add_waker(lambda: self._unblock(conn_id))
+            if stop is not None and stop.is_set():
+                return None
+            conn.send_packed_command(conn.pack_commands(commands))
+            return [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next user
+            raise
+        finally:
+            if token is not None:
+                stop.remove_waker(token)
+            pool.release(conn)
+
+    @staticmethod
+    def _client_id(conn: Any) -> int:
+        """Redis's id of this connection, asked once per socket (it changes on reconnect)."""
+        known = getattr(conn, "_steersman_client_id", None)
+        if known is not None and known[0] is conn._sock:
+            return known[1]
+        conn.send_command("CLIENT", "ID")
+        client_id = int(conn.read_response())
+        conn._steersman_client_id = (conn._sock, client_id)
+        return client_id
+
+    def _unblock(self, client_id: int) -> None:
+        try:
+            self.redis.execute_command("CLIENT", "UNBLOCK", client_id)
+        except redis.RedisError as error:  # the wait then ends at its next check
+            logger.warning("could not wake a waiter: %s", error)
+
+    @staticmethod
+    def _block_seconds(deadline: float | None, stop: threading.Event | None) -> float:
+        """How long one blocking call may wait: to the deadline, bounded when a stop must be
+        noticed (a Flag wakes it at once; the bound covers a Flag set just before the call
+        reached Redis, and a plain Event, which cannot wake anything)."""
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        if stop is None:
+            return 0 if remaining is None else remaining
+        bound = 2.0 if isinstance(stop, Flag) else PLAIN_EVENT_CHECK_SECONDS
+        return bound if remaining is None else min(remaining, bound)
+
     def get_task(
         self,
         lanes: Sequence[str],
@@ -731,48 +781,97 @@ class RedisBroker:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> list[Result]:
-        """Take up to ``max_count`` tasks, first lanes first; wait for at least one."""
+        """Take up to ``max_count`` tasks, first lanes first; wait for at least one.
+
+        A worker of one lane waits with ``BLMOVE`` from the lane into its held list, so a
+        task submitted to an idle worker is taken in the same step that wakes it; a worker
+        of several lanes waits on the queues' bells, then takes in priority order.
+        """
         self._ensure_heartbeat("worker")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        held = self._k("held", self.consumer)
+        single = self._k("lane", lanes[0]) if len(lanes) == 1 else None
         bells = list(dict.fromkeys(self._k("bell", lane.split(":")[0]) for lane in lanes))
-        wake: _Wake | None = None
-        try:
-            while True:
-                if stop is not None and stop.is_set():
-                    return []
-                found = self._run("take", self.consumer, max_count, *lanes)
-                if found:
-                    tasks = self._accept(found)
-                    if tasks:
-                        return tasks
+        while True:
+            if stop is not None and stop.is_set():
+                return []
+            if self._take_unsure:
+                found = self._call("recover taken tasks", self._unseen_held)
+                self._take_unsure = False
+                tasks = self._accept(found) if found else []
+                if tasks:
+                    return tasks
+            found = self._call(
+                "take",
+                self._moving,
+                self._scripts["take"],
+                [],
+                [self.namespace, self.consumer, max_count, *lanes],
+            )
+            if found:
+                tasks = self._accept(found)
+                if tasks:
+                    return tasks
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+            block = self._block_seconds(deadline, stop)
+            if single is None:
+                self._call("wait", self._blocking, stop, [("BLPOP", *bells, block)])
+                continue
+            replies = self._call(
+                "wait",
+                self._moving,
+                self._blocking,
+                stop,
+                [("BLMOVE", single, held, "LEFT", "RIGHT", block)],
+            )
+            task_id = replies[0] if replies else None
+            if task_id is not None:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hget(self._k("task"), task_id)
+                pipe.hget(self._k("lost"), task_id)
+                envelope, lost = self._call("read task", pipe.execute)
+                if envelope is None:  # cancelled or finished meanwhile
+                    self._call("drop", self.redis.lrem, held, -1, task_id)
                     continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return []
-                if wake is None:
-                    wake = _Wake(self, stop)  # only now: most calls never block
-                    if stop is not None and stop.is_set():  # set before the waker was
-                        continue
-                block = 0 if remaining is None else max(remaining, 0.001)
-                if stop is not None and not isinstance(stop, Flag):
-                    block = 0.05 if block == 0 else min(block, 0.05)
-                self._call("wait", self.redis.blpop, [*bells, wake.key], timeout=block)
-        finally:
-            if wake is not None:
-                wake.close()
+                tasks = self._accept([task_id, envelope, lost or b"0"])
+                if tasks:
+                    return tasks
 
-    def _forget_key(self, key: str) -> None:
-        with contextlib.suppress(redis.RedisError):  # else it expires on its own
-            self.redis.delete(key)
-
-    def _ring(self, wake_key: str) -> None:
+    def _moving(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a call that moves tasks into our held list, noting when its reply is lost."""
         try:
-            pipe = self.redis.pipeline()
-            pipe.rpush(wake_key, "1")
-            pipe.expire(wake_key, 60)
-            pipe.execute()
-        except redis.RedisError as error:
-            logger.warning("could not wake a waiter: %s", error)
+            return func(*args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._take_unsure = True
+            raise
+
+    def _unseen_held(self) -> list[Any]:
+        """Tasks in our held list that no reply told us about (a take whose reply was lost),
+        as the take script returns them; without this they would wait for our lease to end,
+        which never comes while we live."""
+        held = self._k("held", self.consumer)
+        ids = self.redis.lrange(held, 0, -1)
+        with self._mine_lock:
+            unseen = [i for i in ids if i.decode() not in self._mine]
+        if not unseen:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in unseen:
+            pipe.hget(self._k("task"), task_id)
+            pipe.hget(self._k("lost"), task_id)
+        replies = pipe.execute()
+        found: list[Any] = []
+        for index, task_id in enumerate(unseen):
+            envelope, lost = replies[2 * index], replies[2 * index + 1]
+            if envelope is None:
+                self.redis.lrem(held, -1, task_id)
+            else:
+                found += [task_id, envelope, lost or b"0"]
+        if found:
+            logger.warning("took back %d task(s) whose take lost its reply", len(found) // 3)
+        return found
 
     def _accept(self, found: list) -> list[Result]:
         tasks, exhausted = [], []
@@ -796,11 +895,15 @@ class RedisBroker:
                 exhausted.append(task)
                 continue
             tasks.append(task)
+        with self._mine_lock:
+            self._mine.update(t.task_id for t in tasks)
         if exhausted:
             self.put_results(exhausted)
         return tasks
 
     def requeue(self, task: Result, front: bool = True) -> None:
+        with self._mine_lock:
+            self._mine.discard(task.task_id)
         self._run(
             "requeue",
             self.consumer,
@@ -860,6 +963,8 @@ class RedisBroker:
             ]
         if results:
             self._run("deliver", *args)
+            with self._mine_lock:
+                self._mine.difference_update(r.task_id for r in results if r.complete)
 
     def get_result(
         self,
@@ -867,48 +972,97 @@ class RedisBroker:
         timeout: float | None = None,
         stop: threading.Event | None = None,
     ) -> Result | None:
-        """Next result of ``topic``. Results are taken in batches into this client's
-        unacknowledged list; each batch is acknowledged when the next is taken (or at
-        :meth:`close`), so a reader that dies gives back what it had not finished with."""
+        """Next result of ``topic``.
+
+        Results are moved into this client's unacknowledged list, many at a time when many
+        are waiting, else with a blocking ``BLMOVE`` that wakes the moment one is delivered;
+        what one fetch took is acknowledged by the next fetch (or at :meth:`close`), so a
+        reader that dies gives back what it had not finished with, and a fetch whose reply
+        was lost is asked again under the same number and returns the same results.
+        """
         self._ensure_heartbeat("client")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        bell = self._k("rbell", topic)
-        wake: _Wake | None = None
-        try:
-            while True:
+        with self._results_lock:
+            reader = self._readers.setdefault(topic, _Reader())
+            buffer = self._buffers.setdefault(topic, deque())
+        while True:
+            if not reader.lock.acquire(timeout=PLAIN_EVENT_CHECK_SECONDS):
+                if (stop is not None and stop.is_set()) or (
+                    deadline is not None and time.monotonic() >= deadline
+                ):
+                    return None
+                continue  # another thread reads this topic now
+            try:
+                data = self._next_result(topic, reader, buffer, deadline, stop)
+            finally:
+                reader.lock.release()
+            if data is None:
+                return None
+            result = self._read_result(data)
+            if result is not None:
+                return result
+
+    def _next_result(
+        self,
+        topic: str,
+        reader: _Reader,
+        buffer: deque[bytes],
+        deadline: float | None,
+        stop: threading.Event | None,
+    ) -> bytes | None:
+        """The next envelope of ``topic`` (the caller holds ``reader.lock``), or None."""
+        while True:
+            with self._results_lock:
+                if buffer:
+                    return buffer.popleft()
+            if not reader.drained:
+                items = self._run(
+                    "take_results",
+                    self.consumer,
+                    topic,
+                    self.result_batch,
+                    self.ttl_seconds,
+                    reader.fetch,
+                )
+                reader.fetch += 1
+                reader.drained = len(items) < self.result_batch
                 with self._results_lock:
-                    buffer = self._buffers.setdefault(topic, deque())
-                    if not buffer:
-                        items = self._run(
-                            "take_results",
-                            self.consumer,
-                            topic,
-                            self.result_batch,
-                            self.ttl_seconds,
-                        )
-                        buffer.extend(items)
-                    data = buffer.popleft() if buffer else None
-                if data is not None:
-                    result = self._read_result(data)
-                    if result is not None:
-                        return result
-                    continue
-                if stop is not None and stop.is_set():
-                    return None
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                if wake is None:
-                    wake = _Wake(self, stop)  # only now: most calls never block
-                    if stop is not None and stop.is_set():  # set before the waker was
-                        continue
-                block = 0 if remaining is None else max(remaining, 0.001)
-                if stop is not None and not isinstance(stop, Flag):
-                    block = 0.05 if block == 0 else min(block, 0.05)
-                self._call("wait for results", self.redis.blpop, [bell, wake.key], timeout=block)
-        finally:
-            if wake is not None:
-                wake.close()
+                    buffer.extend(items)
+                continue
+            if (stop is not None and stop.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                return None
+            unacked = self._k("unacked", self.consumer, topic)
+            results = self._k("result", topic)
+            topics = self._k("utopics", self.consumer)
+            ttl = self.ttl_seconds
+            block = self._block_seconds(deadline, stop)
+            try:
+                replies = self._blocking(
+                    stop,
+                    [
+                        ("DEL", unacked),  # acknowledges the previous fetch
+                        ("SET", self._k("useq", self.consumer, topic), reader.fetch, "EX", ttl),
+                        ("SADD", topics, topic),
+                        ("EXPIRE", topics, ttl),
+                        ("BLMOVE", results, unacked, "LEFT", "RIGHT", block),
+                        ("EXPIRE", unacked, ttl),
+                        ("LLEN", results),
+                    ],
+                )
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The move may have happened: ask again under the same fetch number through
+                # the script, which returns that fetch's results and waits out the outage.
+                reader.drained = False
+                continue
+            if replies is None:
+                return None
+            reader.fetch += 1
+            if replies[4] is not None:
+                with self._results_lock:
+                    buffer.append(replies[4])
+                reader.drained = replies[6] == 0
 
     def _read_result(self, data: bytes) -> Result | None:
         try:
