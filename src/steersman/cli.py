@@ -28,9 +28,9 @@ def main(verbose: int) -> None:
     Start with `steersman demo`: an active-learning campaign on local workers.
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(
-        level=level, format="%(name)s: %(message)s", handlers=[RichHandler(console=errors)]
-    )
+    handler = RichHandler(console=errors)
+    handler.setLevel(level)  # the console's level; a run's own log file may record more
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
 
 
 @main.command()
@@ -94,6 +94,77 @@ def demo(budget: int, candidates: int, seed: int) -> None:
         f"median {statistics.median(overheads):.2f} ms, max {max(overheads):.2f} ms",
     )
     console.print(table)
+
+
+@main.command("run")
+@click.argument("target", metavar="SPEC.py:NAME")
+@click.option("--dry-run", is_flag=True, help="Validate the spec and print the plan; run nothing.")
+@click.option("--num-to-run", type=int, default=None, help="Override the spec's budget.")
+@click.option("--run-dir", default=None, help="Override the spec's run directory.")
+def run_spec(target: str, dry_run: bool, num_to_run: int | None, run_dir: str | None) -> None:
+    """Run a molecular-design campaign described by a spec object in a Python file.
+
+    TARGET is path/to/spec.py:name, where name is a steersman.apps.moldesign Spec. The run
+    directory receives the molecule database, every task's timings, a log, the best
+    molecules and a report with plots. Running the same spec on the same run directory
+    again resumes it without repeating finished simulations; Ctrl-C stops it with a
+    consistent database.
+
+    Examples:
+
+      steersman run examples/moldesign/spec.py:spec --dry-run
+
+      steersman run examples/moldesign/spec.py:demo
+    """
+    import dataclasses
+
+    from steersman.apps.moldesign.run import run_campaign
+    from steersman.apps.moldesign.spec import load_spec
+
+    spec = load_spec(target)
+    changes = {}
+    if num_to_run is not None:
+        changes["num_to_run"] = num_to_run
+    if run_dir is not None:
+        changes["run_dir"] = run_dir
+        changes["database"] = None
+    if changes:
+        spec = dataclasses.replace(spec, **changes)
+    if dry_run:
+        console.print(spec.plan())
+        space = spec.load_space()
+        console.print(f"[green]spec is valid[/green]: {len(space):,} molecules in the space")
+        return
+    with Progress(
+        TextColumn("[bold]simulations"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        job = bar.add_task("run", total=spec.num_to_run, best="-")
+
+        def progress(done: int, best: float | None) -> None:
+            bar.update(job, completed=done, best="-" if best is None else f"{best:.3f}")
+
+        outcome = run_campaign(spec, progress=progress)
+    table = Table(title=f"Best molecules by {spec.recipes[0].name}")
+    table.add_column("rank", justify="right")
+    table.add_column("SMILES")
+    table.add_column("value", justify="right")
+    for rank, (smiles, value) in enumerate(outcome.best, 1):
+        table.add_row(str(rank), smiles, f"{value:.3f}")
+    console.print(table)
+    used = "n/a" if outcome.utilization is None else f"{outcome.utilization:.0%}"
+    console.print(
+        f"{outcome.simulations} molecules simulated ({outcome.failures} failed) in "
+        f"{outcome.wall_seconds:.0f} s; simulation workers busy {used} of the time"
+    )
+    console.print(f"report: {outcome.report}")
+    if outcome.stopped_early:
+        errors.print("stopped early: run the same command again to resume")
+        sys.exit(130)
 
 
 def _import_method(path: str):
@@ -446,7 +517,7 @@ def run() -> None:
     try:
         main(standalone_mode=True)
     except SteersmanError as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line, unwrapped
         sys.exit(2)
 
 

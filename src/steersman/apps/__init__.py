@@ -1,0 +1,1 @@
+"""Applications built on steersman: each a campaign you start with ``steersman run``."""

@@ -1,0 +1,149 @@
+"""Campaigns end to end with real xTB on a tiny search space: thinkers, run directory,
+resume, failures, specs and the ``steersman run`` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steersman.apps.moldesign.recipes import IonizationPotential
+from steersman.apps.moldesign.run import run_campaign
+from steersman.apps.moldesign.scorers import KNNScorer, TanimotoGP
+from steersman.apps.moldesign.selectors import GreedySelector, UCBSelector
+from steersman.apps.moldesign.spec import Spec, SpecError, Starter, Workers, load_spec
+from steersman.apps.moldesign.thinkers import BruteForceThinker
+
+ROOT = Path(__file__).resolve().parents[1]
+QM9 = ROOT / "examples" / "moldesign" / "qm9-1000.smi"
+RECIPE = IonizationPotential(vertical=True)  # one relaxation and two single points: quick
+
+
+def space(tmp_path: Path, n: int = 16, extra: tuple[str, ...] = ()) -> Path:
+    path = tmp_path / "space.smi"
+    lines = QM9.read_text().split()[:n]
+    path.write_text("\n".join([*extra, *lines]) + "\n")
+    return path
+
+
+def make_spec(tmp_path, **changes) -> Spec:
+    options = dict(
+        search_space=changes.pop("search_space", None) or space(tmp_path),
+        recipes=[RECIPE],
+        scorer=TanimotoGP(),
+        selector=UCBSelector(),
+        starter=Starter(count=4, seed=1),
+        num_to_run=8,
+        workers=Workers(simulation=2, ml=1),
+        run_dir=tmp_path / "run",
+    )
+    options.update(changes)
+    return Spec(**options)
+
+
+def simulated(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["method"] == "simulate"]
+
+
+def test_single_step_thinker_learns_between_simulations_and_writes_its_report(tmp_path):
+    spec = make_spec(tmp_path)
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 8 and outcome.failures == 0
+    run_dir = tmp_path / "run"
+    assert len(simulated(run_dir)) == 8
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "ranked" for e in events)  # the model reordered the queue
+    trained = [
+        json.loads(line)
+        for line in (run_dir / "tasks.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    assert trained and all(t["success"] for t in trained)
+    for name in ("report.md", "best.md", "run.log", "database.jsonl"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for plot in ("best_vs_simulations.png", "model_error.png", "utilization.png"):
+        assert (run_dir / plot).read_bytes()[:4] == b"\x89PNG", plot
+    assert "![utilization](utilization.png)" in outcome.report.read_text()
+    best = [value for _, value in outcome.best]
+    assert best == sorted(best, reverse=True) and len(best) == 8
+    assert 0 < outcome.utilization <= 1
+
+
+def test_a_second_run_resumes_without_repeating_finished_simulations(tmp_path):
+    spec = make_spec(tmp_path, num_to_run=5, scorer=KNNScorer(n_neighbors=2))
+    run_campaign(spec)
+    first = [r["smiles"] for r in simulated(tmp_path / "run")]
+    assert len(first) == 5
+    run_campaign(dataclasses.replace(spec, num_to_run=8))
+    both = [r["smiles"] for r in simulated(tmp_path / "run")]
+    assert len(both) == 8 and both[:5] == first
+    assert len(set(both)) == 8  # nothing ran twice
+
+
+def test_brute_force_thinker_runs_the_space_in_order(tmp_path):
+    spec = make_spec(tmp_path, thinker=BruteForceThinker, num_to_run=6)
+    outcome = run_campaign(spec)
+    expected = spec.load_space()[:6]
+    assert sorted(r["smiles"] for r in simulated(tmp_path / "run")) == sorted(expected)
+    assert outcome.simulations == 6
+
+
+def test_an_unembeddable_molecule_is_recorded_and_the_run_goes_on(tmp_path):
+    spec = make_spec(
+        tmp_path,
+        search_space=space(tmp_path, n=5, extra=("C1#CC1",)),
+        thinker=BruteForceThinker,
+        num_to_run=6,
+        selector=GreedySelector(),
+    )
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 6 and outcome.failures == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "database.jsonl").open()]
+    failed = [r for r in records if r["failures"]]
+    assert [r["smiles"] for r in failed] == ["C1#CC1"]
+    assert "embed" in failed[0]["failures"][RECIPE.name]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_to_run", "ten", "spec.num_to_run: expected a positive integer"),
+        ("recipes", [], "spec.recipes: expected a non-empty list"),
+        ("selector", "greedy", "spec.selector: expected a Selector"),
+        ("search_space", "molecules.csv", "spec.search_space: expected files ending in .smi"),
+        ("thinker", dict, "spec.thinker: expected a MoleculeThinker class"),
+    ],
+)
+def test_a_malformed_spec_names_the_bad_field(tmp_path, field, value, message):
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        make_spec(tmp_path, **{field: value})
+
+
+def test_run_command_dry_run_and_errors(tmp_path):
+    path = tmp_path / "campaign.py"
+    path.write_text(
+        "from steersman.apps.moldesign.recipes import IonizationPotential\n"
+        "from steersman.apps.moldesign.scorers import TanimotoGP\n"
+        "from steersman.apps.moldesign.selectors import UCBSelector\n"
+        "from steersman.apps.moldesign.spec import Spec\n"
+        f"spec = Spec(search_space={str(QM9)!r}, recipes=[IonizationPotential()],\n"
+        "            scorer=TanimotoGP(), selector=UCBSelector(), num_to_run=10)\n"
+    )
+    command = [sys.executable, "-m", "steersman.cli", "run"]
+    dry = subprocess.run([*command, f"{path}:spec", "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "ip-adiabatic-gfn2" in dry.stdout and "1,000 molecules" in dry.stdout
+    path.write_text(path.read_text().replace("num_to_run=10", "num_to_run=-1"))
+    bad = subprocess.run([*command, f"{path}:spec", "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "spec.num_to_run: expected a positive integer, got -1" in bad.stderr
+    path.write_text(path.read_text().replace("num_to_run=-1", "num_to_run=10"))
+    missing = subprocess.run([*command, f"{path}:nothing"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "has no attribute 'nothing'" in missing.stderr
+    with pytest.raises(SpecError, match="expected path/to/spec.py:name"):
+        load_spec(str(path))
