@@ -14,7 +14,11 @@ import pytest
 from steersman.apps.moldesign.recipes import IonizationPotential
 from steersman.apps.moldesign.run import run_campaign
 from steersman.apps.moldesign.scorers import KNNScorer, TanimotoGP
-from steersman.apps.moldesign.selectors import GreedySelector, UCBSelector
+from steersman.apps.moldesign.selectors import (
+    DiversityGreedySelector,
+    GreedySelector,
+    UCBSelector,
+)
 from steersman.apps.moldesign.spec import Spec, SpecError, Starter, Workers, load_spec
 from steersman.apps.moldesign.thinkers import BruteForceThinker
 
@@ -83,6 +87,14 @@ def test_a_second_run_resumes_without_repeating_finished_simulations(tmp_path):
     both = [r["smiles"] for r in simulated(tmp_path / "run")]
     assert len(both) == 8 and both[:5] == first
     assert len(set(both)) == 8  # nothing ran twice
+
+
+def test_a_diversity_aware_selector_drives_a_campaign(tmp_path):
+    spec = make_spec(tmp_path, selector=DiversityGreedySelector(max_similarity=0.5))
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 8
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    assert any(e["event"] == "ranked" for e in events)
 
 
 def test_brute_force_thinker_runs_the_space_in_order(tmp_path):

@@ -29,6 +29,7 @@ from steersman import (
     task_submitter,
 )
 from steersman.apps.moldesign.chemistry import molecule_key
+from steersman.apps.moldesign.selectors import DiversityGreedySelector
 from steersman.apps.moldesign.store import MoleculeRecord, MoleculeStore
 
 SIMULATE, TRAIN, INFER = "simulate", "train", "infer"
@@ -254,6 +255,7 @@ class SingleStepThinker(MoleculeThinker):
         """What the model said of each running simulation when it was sent."""
         self.model_errors: list[dict[str, float]] = []
         self.cache_dir = str(self.run_dir / "features")
+        self._fingerprints: dict[int, np.ndarray] = {}
 
     def initial_order(self) -> list[int]:
         order = super().initial_order()
@@ -330,6 +332,17 @@ class SingleStepThinker(MoleculeThinker):
                 predicted[inferred.task_info["chunk"]] = inferred.value
             self.rank(chunks, predicted, values, started)
 
+    def fingerprints(self, indices: list[int]) -> np.ndarray:
+        """Morgan fingerprints of these molecules, for selectors that keep picks diverse
+        (computed in this process once per molecule)."""
+        from steersman.apps.moldesign.scorers import MorganFingerprints
+
+        missing = [i for i in indices if i not in self._fingerprints]
+        if missing:
+            rows = MorganFingerprints()([self.space[i] for i in missing])
+            self._fingerprints.update(zip(missing, rows, strict=True))
+        return np.stack([self._fingerprints[i] for i in indices])
+
     def rank(self, chunks, predicted, values, started) -> None:
         """Let the selector order the molecules not yet started by their predictions."""
         by_index: dict[int, tuple[float, float]] = {}
@@ -343,8 +356,12 @@ class SingleStepThinker(MoleculeThinker):
             return
         mean = np.array([by_index[i][0] for i in pool])
         std = np.array([by_index[i][1] for i in pool])
-        picks = self.spec.selector.select(
-            mean, std, min(len(pool), self.batch), best=max(values), rng=self.rng
+        selector = self.spec.selector
+        features = None
+        if isinstance(selector, DiversityGreedySelector):
+            features = self.fingerprints(pool)
+        picks = selector.select(
+            mean, std, min(len(pool), self.batch), best=max(values), features=features, rng=self.rng
         )
         chosen = [pool[int(p)] for p in picks]
         with self.lock:
