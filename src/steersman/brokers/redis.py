@@ -828,14 +828,7 @@ class RedisBroker:
             )
             task_id = replies[0] if replies else None
             if task_id is not None:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.hget(self._k("task"), task_id)
-                pipe.hget(self._k("lost"), task_id)
-                envelope, lost = self._call("read task", pipe.execute)
-                if envelope is None:  # cancelled or finished meanwhile
-                    self._call("drop", self.redis.lrem, held, -1, task_id)
-                    continue
-                tasks = self._accept([task_id, envelope, lost or b"0"])
+                tasks = self._accept(self._call("read task", self._read_held, [task_id]))
                 if tasks:
                     return tasks
 
@@ -855,22 +848,26 @@ class RedisBroker:
         ids = self.redis.lrange(held, 0, -1)
         with self._mine_lock:
             unseen = [i for i in ids if i.decode() not in self._mine]
-        if not unseen:
-            return []
+        found = self._read_held(unseen) if unseen else []
+        if found:
+            logger.warning("took back %d task(s) whose take lost its reply", len(found) // 3)
+        return found
+
+    def _read_held(self, ids: list[bytes]) -> list[Any]:
+        """Envelopes and lost-lease counts of held ids, as the take script returns them; an
+        id whose task is gone (cancelled or finished meanwhile) leaves the held list."""
         pipe = self.redis.pipeline(transaction=False)
-        for task_id in unseen:
+        for task_id in ids:
             pipe.hget(self._k("task"), task_id)
             pipe.hget(self._k("lost"), task_id)
         replies = pipe.execute()
         found: list[Any] = []
-        for index, task_id in enumerate(unseen):
+        for index, task_id in enumerate(ids):
             envelope, lost = replies[2 * index], replies[2 * index + 1]
             if envelope is None:
-                self.redis.lrem(held, -1, task_id)
+                self.redis.lrem(self._k("held", self.consumer), -1, task_id)
             else:
                 found += [task_id, envelope, lost or b"0"]
-        if found:
-            logger.warning("took back %d task(s) whose take lost its reply", len(found) // 3)
         return found
 
     def _accept(self, found: list) -> list[Result]:
