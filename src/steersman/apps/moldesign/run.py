@@ -140,7 +140,7 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
 
     # 1. Best property against simulations done, in the order results arrived.
     running, best = [], -np.inf
-    ordered_values = _values_in_order(sims, records, objective)
+    ordered_values = _values_in_order(sims, value_of)
     for value in ordered_values:
         if value is not None:
             best = max(best, value)
@@ -246,7 +246,6 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
     )
 
 
-def _values_in_order(sims: list[dict], records, objective: str) -> list[float | None]:
+def _values_in_order(sims: list[dict], value_of: dict[str, float]) -> list[float | None]:
     """The objective of each simulation, in the order their results arrived."""
-    value = {record.smiles: record.properties.get(objective) for record in records}
-    return [value.get(t.get("smiles")) if t["success"] else None for t in sims]
+    return [value_of.get(t.get("smiles")) if t["success"] else None for t in sims]

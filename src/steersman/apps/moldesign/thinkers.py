@@ -90,6 +90,10 @@ class MoleculeThinker(BaseThinker):
         self.started: set[int] = set(self.finished)
         self.n_started = len(self.finished)
         self.n_done = len(self.finished)
+        measured = self.training_data()[1]
+        self.n_measured = len(measured)
+        """Molecules with a finite value of the objective: the training set's size."""
+        self.best = max(measured) if measured else None
         self.rng = np.random.default_rng(spec.starter.seed)
         self.queue: list[int] = self.initial_order()
 
@@ -182,9 +186,13 @@ class MoleculeThinker(BaseThinker):
             self.finished.add(index)
             self.n_done += 1
             n_done = self.n_done
+        if value is not None and np.isfinite(value):
+            with self.lock:
+                self.n_measured += 1
+                self.best = value if self.best is None else max(self.best, value)
         self.on_simulation(index, value)
         if self.progress is not None:
-            self.progress(n_done, self.best_value())
+            self.progress(n_done, self.best)
         if n_done >= self.spec.num_to_run or (
             len(self.finished) == len(self.space) and n_done >= self.n_started
         ):
@@ -195,12 +203,6 @@ class MoleculeThinker(BaseThinker):
 
     def on_simulation(self, index: int, value: float | None) -> None:
         """Called after each simulation result is stored."""
-
-    def best_value(self) -> float | None:
-        values = [
-            r.properties[self.objective] for r in self.store if self.objective in r.properties
-        ]
-        return max(values) if values else None
 
     def training_data(self) -> tuple[list[str], list[float]]:
         smiles, values = [], []
@@ -283,13 +285,12 @@ class SingleStepThinker(MoleculeThinker):
                 measured=value,
                 training_size=size,
             )
-        n_train = len(self.training_data()[0])
-        if n_train >= self.min_training:
+        if self.n_measured >= self.min_training:
             self.retrain.set()
 
     @agent(startup=True)
     def start_models(self) -> None:
-        if len(self.training_data()[0]) >= self.min_training:
+        if self.n_measured >= self.min_training:
             self.retrain.set()  # a resumed run starts with a model
 
     @event_responder(event_name="retrain")
