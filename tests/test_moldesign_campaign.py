@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from steersman.apps.moldesign.recipes import IonizationPotential
+from steersman.apps.moldesign.recipes import ElectronAffinity, IonizationPotential
 from steersman.apps.moldesign.run import run_campaign
 from steersman.apps.moldesign.scorers import KNNScorer, TanimotoGP
 from steersman.apps.moldesign.selectors import (
     DiversityGreedySelector,
+    EHVISelector,
     GreedySelector,
+    ParetoSelector,
     UCBSelector,
 )
 from steersman.apps.moldesign.spec import Spec, SpecError, Starter, Workers, load_spec
-from steersman.apps.moldesign.thinkers import BruteForceThinker
+from steersman.apps.moldesign.thinkers import BruteForceThinker, MultiFidelityThinker
 
 ROOT = Path(__file__).resolve().parents[1]
 QM9 = ROOT / "examples" / "moldesign" / "qm9-1000.smi"
@@ -129,6 +133,7 @@ def test_an_unembeddable_molecule_is_recorded_and_the_run_goes_on(tmp_path):
         ("selector", "greedy", "spec.selector: expected a Selector"),
         ("search_space", "molecules.csv", "spec.search_space: expected files ending in .smi"),
         ("thinker", dict, "spec.thinker: expected a MoleculeThinker class"),
+        ("selector", ParetoSelector(), "spec.recipes: expected at least 2 recipes"),
     ],
 )
 def test_a_malformed_spec_names_the_bad_field(tmp_path, field, value, message):
@@ -159,3 +164,110 @@ def test_run_command_dry_run_and_errors(tmp_path):
     assert missing.returncode == 2 and "has no attribute 'nothing'" in missing.stderr
     with pytest.raises(SpecError, match="expected path/to/spec.py:name"):
         load_spec(str(path))
+
+
+def test_multi_fidelity_thinker_screens_cheaply_and_promotes_the_best_reusing_geometries(
+    tmp_path,
+):
+    cheap, full = IonizationPotential(vertical=True), IonizationPotential(vertical=False)
+    spec = make_spec(
+        tmp_path,
+        search_space=space(tmp_path, n=14),
+        recipes=[full],
+        thinker=MultiFidelityThinker,
+        thinker_options={"cheap": cheap, "promote": 0.3, "min_promoted": 3},
+        starter=Starter(count=3, seed=2),
+        num_to_run=14,
+    )
+    outcome = run_campaign(spec)
+    sims = simulated(tmp_path / "run")
+    assert len(sims) == 14 == outcome.simulations  # both levels count against the budget
+    screened = {r["smiles"]: r for r in sims if r["level"] == "cheap"}
+    promoted = [r for r in sims if r["level"] == "full"]
+    assert 3 <= len(promoted) < len(screened)
+    for row in promoted:  # only after its screening came back
+        assert row["smiles"] in screened
+        assert row["created"] >= screened[row["smiles"]]["received"]
+    records = {
+        r["smiles"]: r
+        for r in map(json.loads, (tmp_path / "run" / "database.jsonl").read_text().splitlines())
+    }
+    for smiles in screened:
+        record = records[smiles]
+        assert cheap.name in record["properties"]
+        assert (full.name in record["properties"]) == any(r["smiles"] == smiles for r in promoted)
+        neutral = [g for g in record["geometries"] if g["level"] == "gfn2" and g["charge"] == 0]
+        assert len(neutral) == 1  # the promotion relaxed only the cation
+    # The first three screened go on whatever their value; after them, a molecule goes on
+    # only if its cheap value is in the best 30% of those screened by then.
+    order = sorted(screened, key=lambda smiles: screened[smiles]["received"])
+    values = [records[smiles]["properties"][cheap.name] for smiles in order]
+    allowed = set(order[:3]) | {
+        smiles
+        for n, smiles in enumerate(order)
+        if n >= 3 and values[n] >= np.quantile(values[: n + 1], 0.7)
+    }
+    assert {row["smiles"] for row in promoted} <= allowed
+    assert len(allowed) < len(order)  # some screened molecules were left behind
+    assert set(outcome.core_seconds) == {"cheap", "full"}
+    assert all(seconds > 0 for seconds in outcome.core_seconds.values())
+    assert "simulation core-seconds" in outcome.report.read_text()
+    assert all(v == v for _, v in outcome.best)  # the best table holds the objective only
+
+
+def test_multi_fidelity_thinker_needs_its_cheap_recipe(tmp_path):
+    spec = make_spec(tmp_path, thinker=MultiFidelityThinker)
+    with pytest.raises(SpecError, match=r"spec\.thinker_options\.cheap: expected"):
+        run_campaign(spec)
+
+
+@pytest.mark.parametrize("selector", [ParetoSelector(), EHVISelector()], ids=["pareto", "ehvi"])
+def test_two_objective_selectors_drive_a_campaign_over_two_recipes(tmp_path, selector):
+    recipes = [IonizationPotential(vertical=True), ElectronAffinity(vertical=True)]
+    spec = make_spec(tmp_path, recipes=recipes, selector=selector, num_to_run=8)
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 8 and outcome.failures == 0
+    run_dir = tmp_path / "run"
+    tasks = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
+    trained = {t["objective"] for t in tasks if t["method"] == "train"}
+    inferred = {t["objective"] for t in tasks if t["method"] == "infer"}
+    assert trained == inferred == {0, 1}  # one model per objective, each used to rank
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "ranked" for e in events)
+    records = [json.loads(line) for line in (run_dir / "database.jsonl").read_text().splitlines()]
+    assert all(set(r["properties"]) == {r.name for r in recipes} for r in records)
+    header = (run_dir / "best.md").read_text()
+    assert all(r.name in header for r in recipes)
+
+
+def test_a_campaign_runs_on_redis_with_standalone_workers(
+    tmp_path, redis_server, start_worker, monkeypatch
+):
+    from conftest import TEST_KEY
+
+    monkeypatch.setenv("STEERSMAN_HMAC_KEY", TEST_KEY)
+    namespace = f"moldesign-{tmp_path.name}"
+    tasks = "steersman.apps.moldesign.tasks"
+    spec = make_spec(
+        tmp_path, workers=Workers(redis=redis_server.url, namespace=namespace, local=False)
+    )
+    plan = spec.plan()
+    assert f"--method {tasks}:simulate" in plan and f"--method {tasks}:infer" in plan
+    sim = start_worker(
+        redis_server, namespace, "--queues", "simulate", "--concurrency", "2",
+        "--method", f"{tasks}:simulate",
+    )  # fmt: skip
+    ml = start_worker(
+        redis_server, namespace, "--queues", "ml",
+        "--method", f"{tasks}:train", "--method", f"{tasks}:infer",
+    )  # fmt: skip
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 8 and outcome.failures == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "tasks.jsonl").open()]
+    assert {r["method"] for r in rows} == {"simulate", "train", "infer"}
+    assert all(r["success"] for r in rows)
+    # The work was done by processes of the standalone workers (each in its own session).
+    for row in rows:
+        pid = int(row["worker"].split(":")[1])
+        assert os.getsid(pid) == (sim.pid if row["method"] == "simulate" else ml.pid), row
+    assert len({r["worker"] for r in rows if r["method"] == "simulate"}) == 2

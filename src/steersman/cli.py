@@ -158,7 +158,8 @@ def run_spec(target: str, dry_run: bool, num_to_run: int | None, run_dir: str | 
     console.print(table)
     used = "n/a" if outcome.utilization is None else f"{outcome.utilization:.0%}"
     console.print(
-        f"{outcome.simulations} molecules simulated ({outcome.failures} failed) in "
+        f"{outcome.simulations} simulations of {outcome.molecules} molecules "
+        f"({outcome.failures} failed) in "
         f"{outcome.wall_seconds:.0f} s; simulation workers busy {used} of the time"
     )
     console.print(f"report: {outcome.report}")

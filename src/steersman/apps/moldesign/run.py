@@ -31,12 +31,18 @@ from steersman.apps.moldesign.thinkers import INFER, SIMULATE, TRAIN, infer_spac
 class Outcome:
     run_dir: Path
     simulations: int
+    """Simulation tasks that returned, every level counted."""
     failures: int
     best: list[tuple[str, float]]
     report: Path
     utilization: float | None
     wall_seconds: float
     stopped_early: bool
+    molecules: int = 0
+    """Molecules in the database."""
+    core_seconds: dict[str, float] | None = None
+    """Simulation-worker busy seconds (one core each) by level: "full", and "cheap" for a
+    multi-fidelity run's screenings."""
 
 
 def run_campaign(spec: Spec, progress=None) -> Outcome:
@@ -133,8 +139,19 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
     )
     ranked = sorted(value_of.items(), key=lambda kv: -kv[1])[:10]
 
-    lines = [f"| rank | SMILES | {objective} |", "| --- | --- | --- |"]
-    lines += [f"| {n} | `{s}` | {v:.3f} |" for n, (s, v) in enumerate(ranked, 1)]
+    others = [r.name for r in spec.recipes[1:]]
+    by_smiles = {r.smiles: r for r in records}
+
+    def cell(smiles: str, name: str) -> str:
+        value = by_smiles[smiles].properties.get(name)
+        return "-" if value is None else f"{value:.3f}"
+
+    header = " | ".join([objective, *others])
+    lines = [f"| rank | SMILES | {header} |", "| --- | --- |" + " --- |" * (1 + len(others))]
+    lines += [
+        f"| {n} | `{s}` | {' | '.join(cell(s, name) for name in [objective, *others])} |"
+        for n, (s, _) in enumerate(ranked, 1)
+    ]
     best_table = "\n".join(lines)
     (run_dir / "best.md").write_text(f"# Best molecules by {objective}\n\n{best_table}\n")
 
@@ -204,7 +221,14 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
     figure.savefig(run_dir / "utilization.png", dpi=110)
     plt.close(figure)
 
+    core_seconds: dict[str, float] = {}
+    for t in sims:
+        if t.get("started") and t.get("finished"):
+            level = t.get("level") or "full"
+            core_seconds[level] = core_seconds.get(level, 0.0) + t["finished"] - t["started"]
+    spent = ", ".join(f"{level} {seconds:,.0f}" for level, seconds in sorted(core_seconds.items()))
     retrains = sum(1 for e in events if e["event"] == "ranked")
+    counted = f"{len(sims)} of a budget of {spec.num_to_run} ({len(records)} molecules)"
     used = "n/a" if utilization is None else f"{utilization:.1%}"
     report = run_dir / "report.md"
     report.write_text(
@@ -213,7 +237,8 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
 - search space: {", ".join(map(str, spec.search_space))}
 - objective: {objective}; recipes: {", ".join(r.name for r in spec.recipes)}
 - thinker: {spec.thinker.__name__}; scorer: {spec.scorer!r}; selector: {spec.selector!r}
-- simulations with a result: {len(records)} of a budget of {spec.num_to_run}; failed: {failures}
+- simulations with a result: {counted}; failed: {failures}
+- simulation core-seconds: {sum(core_seconds.values()):,.0f} ({spent or "none"})
 - model retrains: {retrains}
 - simulation workers busy: {used} of the time ({spec.workers.simulation} workers)
 
@@ -236,7 +261,9 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
     )
     return Outcome(
         run_dir=run_dir,
-        simulations=len(records),
+        simulations=len(sims),
+        molecules=len(records),
+        core_seconds=core_seconds,
         failures=failures,
         best=ranked,
         report=report,
@@ -247,5 +274,9 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
 
 
 def _values_in_order(sims: list[dict], value_of: dict[str, float]) -> list[float | None]:
-    """The objective of each simulation, in the order their results arrived."""
-    return [value_of.get(t.get("smiles")) if t["success"] else None for t in sims]
+    """The objective of each simulation, in the order their results arrived (none for a
+    cheap-level screening)."""
+    return [
+        value_of.get(t.get("smiles")) if t["success"] and t.get("level") != "cheap" else None
+        for t in sims
+    ]

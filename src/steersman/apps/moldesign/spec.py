@@ -105,6 +105,14 @@ class Spec:
             _bad("scorer", "a Scorer (e.g. TanimotoGP() or KNNScorer())", self.scorer)
         if not isinstance(self.selector, Selector):
             _bad("selector", "a Selector (e.g. UCBSelector())", self.selector)
+        wanted = getattr(self.selector, "n_objectives", 1)
+        if wanted > len(self.recipes):
+            _bad(
+                "recipes",
+                f"at least {wanted} recipes for {type(self.selector).__name__}, which ranks by "
+                f"{wanted} objectives",
+                [r.name for r in self.recipes],
+            )
         if isinstance(self.num_to_run, bool) or not isinstance(self.num_to_run, int):
             _bad("num_to_run", "a positive integer", self.num_to_run)
         if self.num_to_run < 1:
@@ -163,6 +171,19 @@ class Spec:
             f"workers      : {workers.simulation} simulation, {workers.ml} ML, on {where}",
             f"run dir      : {self.run_dir} (database {self.database})",
         ]
+        if workers.redis is not None and not workers.local:
+            simulate = "steersman.apps.moldesign.tasks:simulate"
+            if self.simulator is not None:
+                simulate = f"{self.simulator.__module__}:{self.simulator.__name__}"
+            start = f"steersman worker --redis {workers.redis} --namespace {workers.namespace}"
+            lines += [
+                "start the workers on any host that reaches Redis:",
+                f"  {start} --queues simulate --concurrency {workers.simulation} "
+                f"--method {simulate}",
+                f"  {start} --queues ml --concurrency {workers.ml} "
+                "--method steersman.apps.moldesign.tasks:train "
+                "--method steersman.apps.moldesign.tasks:infer",
+            ]
         return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@
 - :class:`BruteForceThinker` simulates the search space in order, as fast as the workers go;
 - :class:`SingleStepThinker` never leaves a simulation worker idle, retrains the scorer on
   the ML workers as soon as a recipe completes, re-runs inference as soon as training
-  finishes, and reorders what runs next by the selector.
+  finishes, and reorders what runs next by the selector (one objective, or two for a
+  Pareto or hypervolume selector);
+- :class:`MultiFidelityThinker` screens every pick with a cheap recipe first and promotes
+  the best screened to the objective's recipe.
 
 Every simulation's record goes to the database the moment its result arrives, and every
 task's timings to ``tasks.jsonl``, so a stopped run resumes where it was.
@@ -204,10 +207,12 @@ class MoleculeThinker(BaseThinker):
     def on_simulation(self, index: int, value: float | None) -> None:
         """Called after each simulation result is stored."""
 
-    def training_data(self) -> tuple[list[str], list[float]]:
+    def training_data(self, name: str | None = None) -> tuple[list[str], list[float]]:
+        """Molecules with a finite value of recipe ``name`` (default: the objective)."""
+        name = name or self.objective
         smiles, values = [], []
         for record in self.store:
-            value = record.properties.get(self.objective)
+            value = record.properties.get(name)
             if value is not None and np.isfinite(value):
                 smiles.append(record.smiles)
                 values.append(value)
@@ -258,6 +263,8 @@ class SingleStepThinker(MoleculeThinker):
         self.model_errors: list[dict[str, float]] = []
         self.cache_dir = str(self.run_dir / "features")
         self._fingerprints: dict[int, np.ndarray] = {}
+        self.objectives = [r.name for r in spec.recipes[: spec.selector.n_objectives]]
+        """The recipes the selector ranks by: the first, or the first two."""
 
     def initial_order(self) -> list[int]:
         order = super().initial_order()
@@ -295,17 +302,34 @@ class SingleStepThinker(MoleculeThinker):
 
     @event_responder(event_name="retrain")
     def retrain_and_rank(self) -> None:
-        """Train on everything measured, score the rest, reorder what runs next."""
+        """Train on everything measured, score the rest, reorder what runs next.
+
+        With a two-objective selector, one model per objective (the first two recipes) is
+        trained and run side by side; the selector sees means and stds of shape (N, 2).
+        """
         while self.retrain.is_set() and not self.done.is_set():
             self.retrain.clear()
-            smiles, values = self.training_data()
             started = time.time()
-            self.queues.send_inputs(self.spec.scorer, smiles, values, method=TRAIN, topic="ml")
-            trained = self.queues.get_result(topic="ml")
-            self.log_task(trained)
-            if not trained.success:
-                self.logger.warning("training failed: %s", trained.failure)
-                return
+            datasets = [self.training_data(name) for name in self.objectives]
+            if any(not values for _, values in datasets):
+                return  # an objective has no measured value yet
+            for k, (smiles, values) in enumerate(datasets):
+                self.queues.send_inputs(
+                    self.spec.scorer,
+                    smiles,
+                    values,
+                    method=TRAIN,
+                    topic="ml",
+                    task_info={"objective": k},
+                )
+            models = {}
+            for _ in datasets:
+                trained = self.queues.get_result(topic="ml")
+                self.log_task(trained)
+                if not trained.success:
+                    self.logger.warning("training failed: %s", trained.failure)
+                    return
+                models[trained.task_info["objective"]] = trained.value
             with self.lock:
                 candidates = [i for i in range(len(self.space)) if i not in self.started]
             if not candidates:
@@ -313,25 +337,27 @@ class SingleStepThinker(MoleculeThinker):
             chunks = [
                 c for c in np.array_split(np.asarray(candidates), self.inference_chunks) if len(c)
             ]
-            for number, chunk in enumerate(chunks):
-                self.queues.send_inputs(
-                    trained.value,
-                    self.space,
-                    chunk.tolist(),
-                    self.cache_dir,
-                    method=INFER,
-                    topic="ml",
-                    task_info={"chunk": number},
-                )
-            predicted: dict[int, tuple] = {}
-            for _ in chunks:
+            for k, model in models.items():
+                for number, chunk in enumerate(chunks):
+                    self.queues.send_inputs(
+                        model,
+                        self.space,
+                        chunk.tolist(),
+                        self.cache_dir,
+                        method=INFER,
+                        topic="ml",
+                        task_info={"objective": k, "chunk": number},
+                    )
+            predicted: dict[tuple[int, int], tuple] = {}
+            for _ in range(len(models) * len(chunks)):
                 inferred = self.queues.get_result(topic="ml")
                 self.log_task(inferred)
                 if not inferred.success:
                     self.logger.warning("inference failed: %s", inferred.failure)
                     return
-                predicted[inferred.task_info["chunk"]] = inferred.value
-            self.rank(chunks, predicted, values, started)
+                info = inferred.task_info
+                predicted[info["objective"], info["chunk"]] = inferred.value
+            self.rank(chunks, predicted, datasets, started)
 
     def fingerprints(self, indices: list[int]) -> np.ndarray:
         """Morgan fingerprints of these molecules, for selectors that keep picks diverse
@@ -344,31 +370,54 @@ class SingleStepThinker(MoleculeThinker):
             self._fingerprints.update(zip(missing, rows, strict=True))
         return np.stack([self._fingerprints[i] for i in indices])
 
-    def rank(self, chunks, predicted, values, started) -> None:
+    def observed(self) -> np.ndarray:
+        """Measured values of every objective, one row per molecule that has them all."""
+        rows = []
+        for record in self.store:
+            row = [record.properties.get(name) for name in self.objectives]
+            if all(v is not None and np.isfinite(v) for v in row):
+                rows.append(row)
+        return np.asarray(rows, dtype=float).reshape(-1, len(self.objectives))
+
+    def rank(self, chunks, predicted, datasets, started) -> None:
         """Let the selector order the molecules not yet started by their predictions."""
-        by_index: dict[int, tuple[float, float]] = {}
-        for number, chunk in enumerate(chunks):
-            mean, std = predicted[number]
-            for i, m, s in zip(chunk.tolist(), mean.tolist(), std.tolist(), strict=True):
-                by_index[i] = (m, s)
+        k = len(self.objectives)
+        indices = np.concatenate(chunks)
+        mean = np.column_stack(
+            [np.concatenate([predicted[j, n][0] for n in range(len(chunks))]) for j in range(k)]
+        )
+        std = np.column_stack(
+            [np.concatenate([predicted[j, n][1] for n in range(len(chunks))]) for j in range(k)]
+        )
         with self.lock:
-            pool = [i for i in by_index if i not in self.started]
-        if not pool:
+            keep = np.array([int(i) not in self.started for i in indices], dtype=bool)
+        if not keep.any():
             return
-        mean = np.array([by_index[i][0] for i in pool])
-        std = np.array([by_index[i][1] for i in pool])
+        pool = [int(i) for i in indices[keep]]
+        mean, std = mean[keep], std[keep]
         selector = self.spec.selector
         features = None
         if isinstance(selector, DiversityGreedySelector):
             features = self.fingerprints(pool)
+        observed = self.observed() if k > 1 else None
+        values = datasets[0][1]
         picks = selector.select(
-            mean, std, min(len(pool), self.batch), best=max(values), features=features, rng=self.rng
+            mean[:, 0] if k == 1 else mean,
+            std[:, 0] if k == 1 else std,
+            min(len(pool), self.batch),
+            best=max(values),
+            features=features,
+            observed=observed,
+            rng=self.rng,
         )
         chosen = [pool[int(p)] for p in picks]
         with self.lock:
             rest = [i for i in self.queue if i not in set(chosen)]
             self.queue = chosen + rest
-            self.predictions = by_index
+            # The first objective's predictions, kept to compare with what is measured.
+            self.predictions = {
+                i: (float(m), float(s)) for i, m, s in zip(pool, mean[:, 0], std[:, 0], strict=True)
+            }
             self.predictions_training_size = len(values)
         self.note(
             "ranked",
@@ -376,3 +425,215 @@ class SingleStepThinker(MoleculeThinker):
             candidates=len(pool),
             seconds=time.time() - started,
         )
+
+
+class MultiFidelityThinker(SingleStepThinker):
+    """Active learning in two levels: every molecule is first computed with a ``cheap``
+    recipe; those whose cheap value ranks in the best ``promote`` fraction of the cheap
+    values measured so far go on to the objective (``recipes[0]``), which reuses the cheap
+    step's geometries. Promotions run before new screenings.
+
+    The scorer learns from both levels: a molecule measured only at the cheap level counts
+    with its cheap value plus the mean gap between the levels over the molecules that have
+    both, so every screening teaches the model. Every simulation started, cheap or not,
+    counts against ``num_to_run``.
+
+    Options (``thinker_options``): ``cheap`` (a Recipe, required, e.g.
+    ``IonizationPotential(vertical=True)`` before the adiabatic one), ``promote`` (default
+    0.25), ``min_promoted`` molecules taken to the objective whatever their rank before the
+    rule applies (default: the starter's count), and those of :class:`SingleStepThinker`.
+    """
+
+    def __init__(
+        self,
+        queues,
+        spec,
+        space,
+        store,
+        progress=None,
+        cheap=None,
+        promote: float = 0.25,
+        min_promoted: int | None = None,
+        **options,
+    ):
+        from steersman.apps.moldesign.recipes import Recipe
+        from steersman.apps.moldesign.spec import SpecError
+
+        if not isinstance(cheap, Recipe):
+            raise SpecError(
+                "spec.thinker_options.cheap: expected the cheap Recipe to screen with "
+                f"(e.g. IonizationPotential(vertical=True)), got {cheap!r}"
+            )
+        if cheap.name == spec.recipes[0].name:
+            raise SpecError("spec.thinker_options.cheap: expected a recipe other than recipes[0]")
+        if not 0 < promote <= 1:
+            raise SpecError(
+                f"spec.thinker_options.promote: expected a fraction in (0, 1], got {promote!r}"
+            )
+        if spec.selector.n_objectives != 1:
+            raise SpecError("spec.selector: MultiFidelityThinker ranks by one objective")
+        self.cheap = cheap
+        self.promote = promote
+        self.min_promoted = min_promoted or spec.starter.count
+        self.promotions: list[int] = []
+        """Molecules screened well enough to go on to the objective, best first."""
+        self.n_promoted = sum(1 for r in store if r.done(self.objective))
+        """Molecules taken (or to be taken) to the objective's recipe."""
+        super().__init__(queues, spec, space, store, progress, **options)
+        self.running = 0
+        self.parked = 0
+        """Simulation slots held while nothing could be sent."""
+        # Counting simulations, not molecules: a screened and promoted molecule is two.
+        self.n_started = self.n_done = sum(
+            (self.cheap.name in r.properties or self.cheap.name in r.failures)
+            + r.done(self.objective)
+            for r in store
+        )
+        # A resumed run decides again on molecules screened but not taken further.
+        for index in sorted(self.started):
+            record = self.by_smiles.get(space[index])
+            if record is not None and not record.done(self.objective) and self._promotable(record):
+                self.promotions.append(index)
+                self.n_promoted += 1
+
+    def _finished(self, record: MoleculeRecord | None) -> bool:
+        """A molecule is out of the queue once screened (promotion is decided apart)."""
+        return record is not None and (record.done(self.objective) or record.done(self.cheap.name))
+
+    def cheap_values(self) -> list[float]:
+        return self.training_data(self.cheap.name)[1]
+
+    def _promotable(self, record: MoleculeRecord) -> bool:
+        value = record.properties.get(self.cheap.name)
+        if value is None or not np.isfinite(value):
+            return False
+        if self.n_promoted < self.min_promoted:
+            return True
+        values = self.cheap_values()
+        return value >= np.quantile(values, 1 - self.promote)
+
+    def training_data(self, name: str | None = None) -> tuple[list[str], list[float]]:
+        """For the objective: measured values, and for molecules only screened so far their
+        cheap value shifted by the mean gap between the levels."""
+        name = name or self.objective
+        if name != self.objective:
+            return super().training_data(name)
+        both, smiles, values, screened = [], [], [], []
+        for record in self.store:
+            full = record.properties.get(self.objective)
+            cheap = record.properties.get(self.cheap.name)
+            if full is not None and np.isfinite(full):
+                smiles.append(record.smiles)
+                values.append(full)
+                if cheap is not None and np.isfinite(cheap):
+                    both.append(full - cheap)
+            elif cheap is not None and np.isfinite(cheap) and not record.done(self.objective):
+                screened.append((record.smiles, cheap))
+        if both:
+            gap = float(np.mean(both))
+            smiles += [s for s, _ in screened]
+            values += [v + gap for _, v in screened]
+        return smiles, values
+
+    @task_submitter(task_type=SIMULATE)
+    def submit_simulation(self) -> None:
+        """Send a promotion if one waits, else screen the next molecule; with neither (all
+        screened, promotions may still come) keep the slot until a result frees one."""
+        with self.lock:
+            if self.n_started >= self.spec.num_to_run:
+                return  # budget spent: the run ends with the last result
+            promoted = self.promotions.pop(0) if self.promotions else None
+        if promoted is not None:
+            self._send(promoted, "full")
+            return
+        index = self.next_index()
+        if index is None:
+            with self.lock:
+                self.parked += 1
+                idle = self.running == 0
+            if idle:
+                self.done.set()  # nothing left to screen or promote
+            return
+        with self.lock:
+            self.started.add(index)
+        self.on_submit(index)
+        self._send(index, "cheap")
+
+    def _send(self, index: int, level: str) -> None:
+        smiles = self.space[index]
+        try:
+            key = molecule_key(smiles)
+        except ValueError:
+            key = smiles  # recorded as failed by the worker, with the reason
+        with self.lock:
+            self.n_started += 1
+            self.running += 1
+        self.queues.send_inputs(
+            smiles,
+            key,
+            [self.cheap] if level == "cheap" else self.spec.recipes,
+            self.by_smiles.get(smiles),
+            method=SIMULATE,
+            topic=SIMULATE,
+            task_info={"index": index, "smiles": smiles, "level": level},
+        )
+
+    @result_processor(topic=SIMULATE)
+    def store_simulation(self, result: Result) -> None:
+        self.log_task(result)
+        index = result.task_info["index"]
+        level = result.task_info.get("level", "full")
+        value = None
+        record = None
+        if result.success:
+            record = result.value
+            self.store.update(record)
+            self.by_smiles[record.smiles] = record
+            if record.failures:
+                self.logger.info("%s: %s", record.smiles, "; ".join(record.failures.values()))
+        else:
+            self.logger.warning("simulation of %s failed: %s", self.space[index], result.failure)
+        with self.lock:
+            self.finished.add(index)
+            self.n_done += 1
+            self.running -= 1
+            n_done = self.n_done
+        if level == "cheap":
+            if record is not None and self._promotable(record):
+                with self.lock:
+                    # Best screened first: a promotion waits behind better ones only.
+                    self.promotions.append(index)
+                    self.n_promoted += 1
+                    self.promotions.sort(
+                        key=lambda i: -self.by_smiles[self.space[i]].properties[self.cheap.name]
+                    )
+        elif record is not None:
+            value = record.properties.get(self.objective)
+        if value is not None and np.isfinite(value):
+            with self.lock:
+                self.best = value if self.best is None else max(self.best, value)
+        if record is not None and level == "full":
+            self.on_simulation(index, value)
+        n_training = len(self.training_data()[1])
+        with self.lock:
+            self.n_measured = n_training
+        if n_training >= self.min_training:
+            self.retrain.set()
+        # A slot kept while nothing could be sent takes a promotion now.
+        while True:
+            with self.lock:
+                if not (self.parked and self.promotions and self.n_started < self.spec.num_to_run):
+                    break
+                self.parked -= 1
+                promoted = self.promotions.pop(0)
+            self._send(promoted, "full")
+        self.rec.release(SIMULATE, 1)
+        if self.progress is not None:
+            self.progress(n_done, self.best)
+        with self.lock:
+            finished = self.running == 0 and (
+                n_done >= self.spec.num_to_run
+                or (not self.promotions and len(self.started) == len(self.space))
+            )
+        if finished:
+            self.done.set()
