@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint redis clean
+.PHONY: demo test bench bench-moldesign lint redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP) redis
 bench: $(STAMP) redis
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/redis_broker.py
+	$(BIN)/python bench/moldesign.py
+
+# Selection efficiency, multi-fidelity, a real-xTB campaign and 100k-molecule inference
+# (about 20 minutes on 2 cores).
+bench-moldesign: $(STAMP)
+	$(BIN)/python bench/moldesign.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

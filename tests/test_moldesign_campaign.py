@@ -271,3 +271,41 @@ def test_a_campaign_runs_on_redis_with_standalone_workers(
         pid = int(row["worker"].split(":")[1])
         assert os.getsid(pid) == (sim.pid if row["method"] == "simulate" else ml.pid), row
     assert len({r["worker"] for r in rows if r["method"] == "simulate"}) == 2
+
+
+def test_a_replayed_campaign_answers_from_its_table_and_keeps_the_worker_busy(tmp_path):
+    from steersman.apps.moldesign.replay import Replay
+
+    truth = ROOT / "bench" / "data" / "qm9-1000-ip-gfn2.jsonl"
+    rows = [json.loads(line) for line in truth.read_text().splitlines()[:12]]
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    smi = tmp_path / "space.smi"
+    smi.write_text("".join(row["smiles"] + "\n" for row in rows) + "CCCCCCCCCCCCCCCCCC\n")
+    full = IonizationPotential(vertical=False)
+    spec = make_spec(
+        tmp_path,
+        search_space=smi,
+        recipes=[full],
+        simulator=Replay(table, scale=0.5),
+        thinker=BruteForceThinker,
+        num_to_run=13,
+    )
+    outcome = run_campaign(spec)
+    assert outcome.simulations == 13
+    assert outcome.failures == 1 + sum(full.name in row["failures"] for row in rows)
+    records = {
+        r["smiles"]: r for r in map(json.loads, (tmp_path / "run" / "database.jsonl").open())
+    }
+    for row in rows:
+        record = records[row["smiles"]]
+        if full.name in row["properties"]:
+            assert record["properties"][full.name] == row["properties"][full.name]
+        else:  # a molecule the real run could not compute fails again, with its reason
+            assert record["failures"][full.name] == row["failures"][full.name]
+    assert "not in the replay table" in records["CCCCCCCCCCCCCCCCCC"]["failures"][full.name]
+    # Each replayed simulation kept its worker busy for half the seconds the table gives.
+    busy = {r["smiles"]: r["finished"] - r["started"] for r in simulated(tmp_path / "run")}
+    for row in rows:
+        expected = 0.5 * sum(row["seconds"].values())
+        assert expected <= busy[row["smiles"]] < expected + 2.0, row["smiles"]

@@ -174,7 +174,8 @@ class Spec:
         if workers.redis is not None and not workers.local:
             simulate = "steersman.apps.moldesign.tasks:simulate"
             if self.simulator is not None:
-                simulate = f"{self.simulator.__module__}:{self.simulator.__name__}"
+                name = getattr(self.simulator, "__name__", "simulate")
+                simulate = f"{self.simulator.__module__}:{name}"
             start = f"steersman worker --redis {workers.redis} --namespace {workers.namespace}"
             lines += [
                 "start the workers on any host that reaches Redis:",
