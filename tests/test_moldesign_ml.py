@@ -186,7 +186,7 @@ def test_fit_leaves_the_original_alone_and_predict_checks_its_input(smiles, pola
 
 
 def test_infer_features_and_chunks_agree_with_one_predict(smiles, polar_area):
-    X = MorganFingerprints()(smiles)
+    X = TanimotoGP().featurizer(smiles)  # Morgan counts
     fitted = TanimotoGP().fit(X[:30], polar_area[:30])
     whole = fitted.predict(X)
     chunked = TanimotoGP().fit(X[:30], polar_area[:30])
@@ -473,3 +473,21 @@ def test_user_selectors_plug_in_and_are_checked(candidates):
     assert picks.tolist() == np.argsort(candidates["mean"])[:3].tolist()
     with pytest.raises(ValueError, match="more than once"):
         Repeats().select(candidates["mean"], candidates["std"], 3)
+
+
+def test_count_fingerprints_tell_how_often_a_group_occurs():
+    bits = MorganFingerprints()(["CCO", "CCCCCCO"])
+    counts = MorganFingerprints(counts=True)(["CCO", "CCCCCCO"])
+    assert bits.max() == 1 and counts.max() > 1
+    assert np.array_equal(counts > 0, bits > 0)  # the same substructures, now counted
+    assert MorganFingerprints(counts=True).name.endswith("-counts")
+
+
+def test_inference_predicts_nothing_for_an_unreadable_smiles(tmp_path, smiles, polar_area):
+    from steersman.apps.moldesign.thinkers import infer_space
+
+    fitted = train(TanimotoGP(), smiles[:20], polar_area[:20])
+    space = [*smiles[20:25], "not-a-smiles"]
+    mean, std = infer_space(fitted, space, list(range(len(space))), str(tmp_path))
+    assert np.isfinite(mean[:5]).all() and np.isfinite(std[:5]).all()
+    assert np.isnan(mean[5]) and np.isnan(std[5])  # not the prior's large doubt

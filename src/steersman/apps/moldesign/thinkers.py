@@ -63,8 +63,15 @@ def infer_space(scorer, smiles: list[str], indices: list[int], cache_dir: str):
         features = scorers.FeatureCache(cache_dir).get(scorer.featurizer, smiles)
         _features.clear()
         _features[name] = features
-    mean, std = scorers.infer_features(scorer, features[np.asarray(indices, dtype=int)])
-    return np.asarray(mean), np.asarray(std)
+    rows = features[np.asarray(indices, dtype=int)]
+    mean, std = scorers.infer_features(scorer, rows)
+    mean, std = np.array(mean, dtype=float), np.array(std, dtype=float)
+    # A SMILES RDKit cannot read featurizes to zeros; predict nothing for it rather than the
+    # prior's large doubt, which optimistic selectors would chase into certain failures.
+    unreadable = ~rows.any(axis=1)
+    mean[unreadable] = np.nan
+    std[unreadable] = np.nan
+    return mean, std
 
 
 # --------------------------------------------------------------------------- thinkers
@@ -391,6 +398,8 @@ class SingleStepThinker(MoleculeThinker):
         )
         with self.lock:
             keep = np.array([int(i) not in self.started for i in indices], dtype=bool)
+        # Molecules with no prediction (unreadable SMILES) wait at the back of the queue.
+        keep &= np.isfinite(mean).all(axis=1) & np.isfinite(std).all(axis=1)
         if not keep.any():
             return
         pool = [int(i) for i in indices[keep]]
