@@ -309,3 +309,54 @@ def test_a_replayed_campaign_answers_from_its_table_and_keeps_the_worker_busy(tm
     for row in rows:
         expected = 0.5 * sum(row["seconds"].values())
         assert expected <= busy[row["smiles"]] < expected + 2.0, row["smiles"]
+
+
+def test_ctrl_c_stops_a_run_with_a_consistent_database_and_the_next_run_resumes(tmp_path):
+    import signal
+
+    from conftest import wait_until
+
+    path = tmp_path / "campaign.py"
+    path.write_text(
+        "from steersman.apps.moldesign.recipes import IonizationPotential\n"
+        "from steersman.apps.moldesign.scorers import KNNScorer\n"
+        "from steersman.apps.moldesign.selectors import UCBSelector\n"
+        "from steersman.apps.moldesign.spec import Spec, Starter\n"
+        f"spec = Spec(search_space={str(QM9)!r}, recipes=[IonizationPotential()],\n"
+        "            scorer=KNNScorer(n_neighbors=2), selector=UCBSelector(),\n"
+        "            starter=Starter(count=4), num_to_run=400, run_dir='run')\n"
+    )
+    command = [sys.executable, "-m", "steersman.cli", "run", f"{path}:spec"]
+    database = tmp_path / "run" / "database.jsonl"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("wb") as sink:
+        run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=sink)
+    try:
+        wait_until(
+            lambda: database.exists() and len(database.read_text().splitlines()) >= 6,
+            120,
+            "six molecules in the database",
+        )
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+    finally:
+        run.kill()
+    err = errors.read_text()
+    assert run.returncode == 130, err
+    assert "stopped early" in err and "run the same command again" in err
+    lines = database.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole: nothing cut short
+    assert len(records) >= 6
+    before = {r["smiles"] for r in records}
+    # The next run resumes: what was finished is not simulated again.
+    again = subprocess.run(
+        [*command, "--num-to-run", str(len(before) + 2)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    sims = simulated(tmp_path / "run")
+    smiles = [r["smiles"] for r in sims if r["success"]]
+    assert len(smiles) == len(set(smiles))  # nothing ran twice
+    assert before < set(smiles)
