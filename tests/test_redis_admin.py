@@ -282,3 +282,64 @@ def test_status_watch_shows_the_table_and_stops_cleanly_on_ctrl_c(redis_server, 
         watcher.kill()
     assert " 7 " in "".join(seen)  # the waiting tasks
     broker.close()
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A redis-server that speaks only TLS, with a certificate made for this test."""
+    import shutil
+    import subprocess
+
+    from conftest import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test's TLS certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    class Server:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        untrusted = f"rediss://127.0.0.1:{port}/0"
+
+    client = redis.Redis.from_url(Server.url)
+
+    def pings():
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    wait_until(pings, 20, f"TLS redis-server on port {port}")
+    client.close()
+    yield Server
+    server.terminate()
+    server.wait(10)
+
+
+def test_tls_connections_serve_a_standalone_worker_and_an_untrusted_certificate_is_one_error(
+    tls_redis, namespace, start_worker, tmp_path
+):
+    broker = RedisBroker(tls_redis.url, namespace, hmac_key=TEST_KEY)
+    queues = Queues(methods=dict.fromkeys(["add"], "sim"), broker=broker)
+    start_worker(tls_redis, namespace, "--queues", "sim", "--method", "methods:add")
+    queues.send_inputs(20, 22, method="add")
+    result = queues.get_result(timeout=60)
+    assert result.success and result.value == 42
+    queues.close()
+    untrusted = RedisBroker(tls_redis.untrusted, namespace, hmac_key=TEST_KEY, connect_timeout=30)
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="TLS certificate is not trusted.*ssl_ca_certs"):
+        Queues(methods=["add"], broker=untrusted).send_inputs(1, 1, method="add")
+    assert time.monotonic() - started < 10  # at once, not after the connect timeout

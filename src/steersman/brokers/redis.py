@@ -591,6 +591,13 @@ class RedisBroker:
                     "list, hash, set, string and key commands and CLIENT ID / UNBLOCK"
                 ) from None
             except (redis.ConnectionError, redis.TimeoutError) as error:
+                if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                    # Waiting will not make an untrusted certificate trusted.
+                    raise ConfigurationError(
+                        f"Redis at {self.where}: its TLS certificate is not trusted ({error}); "
+                        "name the CA that signed it in the URL, "
+                        "e.g. rediss://host:6380/0?ssl_ca_certs=/path/ca.pem"
+                    ) from None
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"Redis at {self.where} is unreachable ({error}) after "
