@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -34,7 +33,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from run import DOC, machine
+from run import DOC, machine, write_section
 from steersman.apps.moldesign.recipes import IonizationPotential
 from steersman.apps.moldesign.replay import Replay
 from steersman.apps.moldesign.run import run_campaign
@@ -331,11 +330,7 @@ def report(console, results, xtb, inference, brute, seeds) -> None:
             "",
         ]
     lines.append(END)
-    text = DOC.read_text()
-    if BEGIN not in text:
-        text += "\n## Molecular design\n\n" + BEGIN + "\n" + END + "\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    DOC.write_text(pattern.sub(lambda _m: "\n".join(lines), text))
+    write_section(BEGIN, END, lines, heading="## Molecular design")
     console.print(f"wrote {DOC} and {PLOT}")
 
 

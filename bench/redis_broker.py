@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import DOC, Reactor, machine, percentile
+from run import DOC, Reactor, machine, percentile, write_section
 from steersman import Queues
 from steersman.brokers.redis import RedisBroker
 
@@ -384,11 +383,7 @@ def main() -> None:
         ),
         END,
     ]
-    text = DOC.read_text()
-    if BEGIN not in text:
-        text += "\n" + BEGIN + "\n" + END + "\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    DOC.write_text(pattern.sub(lambda _m: "\n".join(lines), text))
+    write_section(BEGIN, END, lines)
     console.print(f"wrote {DOC}")
 
 

@@ -185,6 +185,16 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def write_section(begin: str, end: str, lines: list[str], heading: str = "") -> None:
+    """Put ``lines`` (which start with ``begin`` and end with ``end``) in place of that
+    section of docs/benchmarks.md, adding it (under ``heading``) at the end if absent."""
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin not in text:
+        text += ("\n" + heading + "\n" if heading else "") + "\n" + begin + "\n" + end + "\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    DOC.write_text(pattern.sub(lambda _m: "\n".join(lines), text))
+
+
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
@@ -316,9 +326,7 @@ def main() -> None:
         *(f"| {n} | {m:.2f} | {s} |" for n, m, s in encodings),
         END,
     ]
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    DOC.write_text(pattern.sub(lambda _m: "\n".join(lines), text))
+    write_section(BEGIN, END, lines)
     console.print(f"wrote {DOC.relative_to(Path.cwd()) if DOC.is_relative_to(Path.cwd()) else DOC}")
 
 
