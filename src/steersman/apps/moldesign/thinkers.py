@@ -79,8 +79,24 @@ class MoleculeThinker(BaseThinker):
     """What every campaign thinker shares: the search space, the database, the budget, the
     bookkeeping of tasks, and the slots of the simulation workers."""
 
-    def __init__(self, queues, spec, space: list[str], store: MoleculeStore, progress=None):
-        n_sim = spec.workers.simulation
+    def __init__(
+        self,
+        queues,
+        spec,
+        space: list[str],
+        store: MoleculeStore,
+        progress=None,
+        queue_ahead: int = 1,
+    ):
+        # Slots for one simulation per worker, plus ``queue_ahead`` waiting in the queue, so
+        # a worker that finishes starts its next molecule without waiting for the thinker.
+        if not isinstance(queue_ahead, int) or queue_ahead < 0:
+            from steersman.apps.moldesign.spec import SpecError
+
+            raise SpecError(
+                f"spec.thinker_options.queue_ahead: expected 0 or more, got {queue_ahead!r}"
+            )
+        n_sim = spec.workers.simulation + queue_ahead
         super().__init__(queues, ResourceCounter(n_sim, [SIMULATE]))
         self.rec.reallocate(None, SIMULATE, n_sim)
         self.spec = spec
@@ -243,7 +259,8 @@ class SingleStepThinker(MoleculeThinker):
     Options (``thinker_options``): ``min_training`` results before the first model
     (default: the starter's count), ``batch`` how many picks the selector ranks each time
     (default 4 per simulation worker), ``inference_chunks`` how many inference tasks split
-    the search space (default: one per ML worker).
+    the search space (default: one per ML worker), ``queue_ahead`` simulations kept waiting
+    beyond one per worker (default 1), so no worker idles while the thinker reacts.
     """
 
     def __init__(
@@ -256,8 +273,9 @@ class SingleStepThinker(MoleculeThinker):
         min_training: int | None = None,
         batch: int | None = None,
         inference_chunks: int | None = None,
+        queue_ahead: int = 1,
     ):
-        super().__init__(queues, spec, space, store, progress)
+        super().__init__(queues, spec, space, store, progress, queue_ahead)
         self.min_training = min_training or spec.starter.count
         self.batch = batch or 4 * spec.workers.simulation
         self.inference_chunks = inference_chunks or spec.workers.ml
