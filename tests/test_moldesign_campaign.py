@@ -360,3 +360,27 @@ def test_ctrl_c_stops_a_run_with_a_consistent_database_and_the_next_run_resumes(
     smiles = [r["smiles"] for r in sims if r["success"]]
     assert len(smiles) == len(set(smiles))  # nothing ran twice
     assert before < set(smiles)
+
+
+def test_running_simulations_count_at_their_predicted_value_in_the_next_training(tmp_path):
+    from steersman import Queues
+    from steersman.apps.moldesign.store import MoleculeStore
+    from steersman.apps.moldesign.thinkers import SingleStepThinker
+
+    spec = make_spec(tmp_path)
+    (tmp_path / "run").mkdir()
+    space_list = spec.load_space()
+    queues = Queues(methods={"simulate": "simulate", "train": "ml", "infer": "ml"})
+    with MoleculeStore(spec.database) as store:
+        thinker = SingleStepThinker(queues, spec, space_list, store)
+        thinker.predicted = {3: (9.5, 0.2, 4)}  # sent with this prediction, still running
+        measured = [(["C"], [10.0])]
+        assert thinker.believed(measured) == [(["C", space_list[3]], [10.0, 9.5])]
+        thinker.finished.add(3)  # its result is in: it trains at its measured value instead
+        assert thinker.believed(measured) == measured
+        thinker.close()
+        off = SingleStepThinker(queues, spec, space_list, store, believer=False)
+        off.predicted = {3: (9.5, 0.2, 4)}
+        assert off.believed(measured) == measured
+        off.close()
+    queues.close()

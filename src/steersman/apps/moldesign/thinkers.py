@@ -260,7 +260,9 @@ class SingleStepThinker(MoleculeThinker):
     (default: the starter's count), ``batch`` how many picks the selector ranks each time
     (default 4 per simulation worker), ``inference_chunks`` how many inference tasks split
     the search space (default: one per ML worker), ``queue_ahead`` simulations kept waiting
-    beyond one per worker (default 1), so no worker idles while the thinker reacts.
+    beyond one per worker (default 1), so no worker idles while the thinker reacts, and
+    ``believer`` (default True) to train on running simulations at their predicted values
+    (see :meth:`believed`).
     """
 
     def __init__(
@@ -274,8 +276,10 @@ class SingleStepThinker(MoleculeThinker):
         batch: int | None = None,
         inference_chunks: int | None = None,
         queue_ahead: int = 1,
+        believer: bool = True,
     ):
         super().__init__(queues, spec, space, store, progress, queue_ahead)
+        self.believer = believer
         self.min_training = min_training or spec.starter.count
         self.batch = batch or 4 * spec.workers.simulation
         self.inference_chunks = inference_chunks or spec.workers.ml
@@ -338,7 +342,7 @@ class SingleStepThinker(MoleculeThinker):
             datasets = [self.training_data(name) for name in self.objectives]
             if any(not values for _, values in datasets):
                 return  # an objective has no measured value yet
-            for k, (smiles, values) in enumerate(datasets):
+            for k, (smiles, values) in enumerate(self.believed(datasets)):
                 self.queues.send_inputs(
                     self.spec.scorer,
                     smiles,
@@ -383,6 +387,22 @@ class SingleStepThinker(MoleculeThinker):
                 info = inferred.task_info
                 predicted[info["objective"], info["chunk"]] = inferred.value
             self.rank(chunks, predicted, datasets, started)
+
+    def believed(self, datasets: list[tuple[list[str], list[float]]]):
+        """The training sets, with each simulation still running counted at the value the
+        model predicted for it (the "kriging believer"): the next ranking then sees less
+        doubt around molecules already being simulated and spreads its picks, instead of
+        sending near copies of them while their results are out."""
+        if not self.believer or len(self.objectives) != 1:
+            return datasets
+        with self.lock:
+            running = [
+                (self.space[i], mean)
+                for i, (mean, _std, _size) in self.predicted.items()
+                if i not in self.finished
+            ]
+        smiles, values = datasets[0]
+        return [(smiles + [s for s, _ in running], values + [m for _, m in running])]
 
     def fingerprints(self, indices: list[int]) -> np.ndarray:
         """Morgan fingerprints of these molecules, for selectors that keep picks diverse
