@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-moldesign lint redis clean
+.PHONY: demo test bench bench-moldesign bench-peers lint redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/redis_broker.py
 	$(BIN)/python bench/moldesign.py
+
+# Side by side with RQ, Celery, Colmena, Parsl, Dask and Ray. The peers get a virtualenv of
+# their own (.venv-peers) with the project installed beside them, so their dependencies
+# never touch .venv. Rewrites the peers section of docs/benchmarks.md and docs/bench-peers.png.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): pyproject.toml bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e . -r bench/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP) redis
+	$(PEERS_VENV)/bin/python bench/peers/run.py
 
 # Selection efficiency, multi-fidelity, a real-xTB campaign and 100k-molecule inference
 # (about 20 minutes on 2 cores).
