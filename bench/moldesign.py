@@ -25,6 +25,8 @@ import argparse
 import datetime
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -178,16 +180,8 @@ def spread(values: list[float | None], fmt: str = "{:.0f}") -> str:
     return text + (f", {missed} seed(s) > {CAP}" if missed else "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--skip-xtb", action="store_true", help="no real-xTB campaign")
-    parser.add_argument("--skip-inference", action="store_true", help="no 100k inference")
-    args = parser.parse_args()
-    console = Console()
-    truth, top10 = load_truth()
-    brute = len(truth)
-    strategies = {
+def strategies() -> dict[str, dict]:
+    return {
         "random": dict(selector=RandomSelector(), thinker_options={"min_training": 10**9}),
         "greedy": dict(selector=GreedySelector()),
         "UCB (β=2)": dict(selector=UCBSelector(beta=2.0)),
@@ -197,17 +191,55 @@ def main() -> None:
             thinker=MultiFidelityThinker,
             thinker_options={"cheap": IonizationPotential(vertical=True), "promote": 0.25},
         ),
+        "real xTB, UCB (β=2)": dict(selector=UCBSelector(beta=2.0), simulator=None),
     }
-    results: dict[str, list[dict]] = {name: [] for name in strategies}
+
+
+def one(name: str, seed: int, run_dir: Path) -> dict:
+    """One campaign, in this (fresh) process."""
+    truth, top10 = load_truth()
+    changes = strategies()[name]
+    if name == "random":  # the order does not depend on timing: no spinning
+        changes = {**changes, "simulator": Replay(TRUTH, spin=False, scale=0)}
+        changes["num_to_run"] = len(truth)
+    return campaign(run_dir, truth, top10, seed, **changes)
+
+
+def isolated(name: str, seed: int, scratch: Path) -> dict:
+    """Run :func:`one` in a process of its own, so no campaign inherits threads, caches or
+    memory from the ones before it."""
+    run_dir = scratch / f"{name}-{seed}".replace(" ", "_").replace("/", "_")
+    out = run_dir.with_suffix(".json")
+    subprocess.run(
+        [sys.executable, __file__, "--one", name, "--seed", str(seed), "--out", str(out),
+         "--run-dir", str(run_dir)],
+        check=True,
+    )  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--skip-xtb", action="store_true", help="no real-xTB campaign")
+    parser.add_argument("--skip-inference", action="store_true", help="no 100k inference")
+    parser.add_argument("--one", help="run only this strategy (internal)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--run-dir", type=Path)
+    args = parser.parse_args()
+    if args.one:
+        args.out.write_text(json.dumps(one(args.one, args.seed, args.run_dir)))
+        return
+    console = Console()
+    truth, _ = load_truth()
+    names = [n for n in strategies() if not n.startswith("real xTB")]
+    results: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as scratch:
         # Seeds outermost, so drift on a busy machine touches every strategy alike.
         for seed in range(args.seeds):
-            for name, changes in strategies.items():
-                if name == "random":  # the order does not depend on timing: no spinning
-                    changes = {**changes, "simulator": Replay(TRUTH, spin=False, scale=0)}
-                    changes["num_to_run"] = brute
-                run_dir = Path(scratch) / f"{name}-{seed}".replace(" ", "_")
-                figures = campaign(run_dir, truth, top10, seed, **changes)
+            for name in names:
+                figures = isolated(name, seed, Path(scratch))
                 results[name].append(figures)
                 console.print(
                     f"seed {seed} {name:<20} to 9 of top 10: {figures['to_9']}, "
@@ -216,10 +248,11 @@ def main() -> None:
                 )
         xtb = None
         if not args.skip_xtb:
-            xtb = campaign(
-                Path(scratch) / "xtb", truth, top10, 0, UCBSelector(beta=2.0), simulator=None
+            xtb = isolated("real xTB, UCB (β=2)", 0, Path(scratch))
+            console.print(
+                f"real xTB: {xtb['to_9']} to 9 of top 10, {xtb['top10_at_100']} at {FLOOR}, "
+                f"busy {xtb['utilization']:.1%}"
             )
-            console.print(f"real xTB: {xtb}")
     inference = None
     if not args.skip_inference:
         from moldesign_inference import time_inference

@@ -91,6 +91,9 @@ def test_a_second_run_resumes_without_repeating_finished_simulations(tmp_path):
     both = [r["smiles"] for r in simulated(tmp_path / "run")]
     assert len(both) == 8 and both[:5] == first
     assert len(set(both)) == 8  # nothing ran twice
+    # A run whose budget is already spent ends at once, without sending anything.
+    outcome = run_campaign(dataclasses.replace(spec, num_to_run=8))
+    assert len(simulated(tmp_path / "run")) == 8 and outcome.molecules == 8
 
 
 def test_a_diversity_aware_selector_drives_a_campaign(tmp_path):
@@ -212,6 +215,8 @@ def test_multi_fidelity_thinker_screens_cheaply_and_promotes_the_best_reusing_ge
     assert set(outcome.core_seconds) == {"cheap", "full"}
     assert all(seconds > 0 for seconds in outcome.core_seconds.values())
     assert "simulation core-seconds" in outcome.report.read_text()
+    # Run again with its budget spent: it counts both levels from the database and ends.
+    assert run_campaign(spec).simulations == 14
     assert all(v == v for _, v in outcome.best)  # the best table holds the objective only
 
 

@@ -174,8 +174,8 @@ class Spec:
         if workers.redis is not None and not workers.local:
             simulate = "steersman.apps.moldesign.tasks:simulate"
             if self.simulator is not None:
-                name = getattr(self.simulator, "__name__", "simulate")
-                simulate = f"{self.simulator.__module__}:{name}"
+                # Workers import a module-level function called simulate.
+                simulate = f"{self.simulator.__module__}:simulate"
             start = f"steersman worker --redis {workers.redis} --namespace {workers.namespace}"
             lines += [
                 "start the workers on any host that reaches Redis:",

@@ -116,10 +116,10 @@ class MoleculeThinker(BaseThinker):
         self.started: set[int] = set(self.finished)
         self.n_started = len(self.finished)
         self.n_done = len(self.finished)
-        measured = self.training_data()[1]
-        self.n_measured = len(measured)
-        """Molecules with a finite value of the objective: the training set's size."""
-        self.best = max(measured) if measured else None
+        self.n_measured = len(self.training_data()[1])
+        """The training set's size."""
+        self.best = max(MoleculeThinker.training_data(self)[1], default=None)
+        """The best measured value of the objective."""
         self.rng = np.random.default_rng(spec.starter.seed)
         self.queue: list[int] = self.initial_order()
 
@@ -151,10 +151,17 @@ class MoleculeThinker(BaseThinker):
     def submit_simulation(self) -> None:
         with self.lock:
             if self.n_started >= self.spec.num_to_run:
-                return  # budget spent: keep the slot; the run ends with the last result
+                # Budget spent: keep the slot; the run ends with the last result, or now if
+                # nothing is running (a resumed run that had already spent it).
+                if self.n_done >= self.n_started:
+                    self.done.set()
+                return
         index = self.next_index()
         if index is None:
             self.logger.info("the search space is exhausted")
+            with self.lock:
+                if self.n_done >= self.n_started:
+                    self.done.set()
             return
         smiles = self.space[index]
         try:
@@ -295,13 +302,6 @@ class SingleStepThinker(MoleculeThinker):
         self.objectives = [r.name for r in spec.recipes[: spec.selector.n_objectives]]
         """The recipes the selector ranks by: the first, or the first two."""
 
-    def initial_order(self) -> list[int]:
-        order = super().initial_order()
-        return (
-            order[: max(0, self.spec.starter.count - len(self.started))]
-            + order[self.spec.starter.count :]
-        )
-
     def on_submit(self, index: int) -> None:
         with self.lock:
             if index in self.predictions:
@@ -351,14 +351,19 @@ class SingleStepThinker(MoleculeThinker):
                     topic="ml",
                     task_info={"objective": k},
                 )
+            # Every result of a round is read before any failure ends it, so none is left
+            # for the next round to mistake for its own.
             models = {}
+            failed = None
             for _ in datasets:
                 trained = self.queues.get_result(topic="ml")
                 self.log_task(trained)
                 if not trained.success:
-                    self.logger.warning("training failed: %s", trained.failure)
-                    return
+                    failed = trained.failure
                 models[trained.task_info["objective"]] = trained.value
+            if failed is not None:
+                self.logger.warning("training failed: %s", failed)
+                return
             with self.lock:
                 candidates = [i for i in range(len(self.space)) if i not in self.started]
             if not candidates:
@@ -382,10 +387,12 @@ class SingleStepThinker(MoleculeThinker):
                 inferred = self.queues.get_result(topic="ml")
                 self.log_task(inferred)
                 if not inferred.success:
-                    self.logger.warning("inference failed: %s", inferred.failure)
-                    return
+                    failed = inferred.failure
                 info = inferred.task_info
                 predicted[info["objective"], info["chunk"]] = inferred.value
+            if failed is not None:
+                self.logger.warning("inference failed: %s", failed)
+                return
             self.rank(chunks, predicted, datasets, started)
 
     def believed(self, datasets: list[tuple[list[str], list[float]]]):
@@ -436,7 +443,8 @@ class SingleStepThinker(MoleculeThinker):
         )
         with self.lock:
             keep = np.array([int(i) not in self.started for i in indices], dtype=bool)
-        # Molecules with no prediction (unreadable SMILES) wait at the back of the queue.
+        # Molecules with no prediction (unreadable SMILES) are not ranked: they keep their
+        # place behind the ranked picks.
         keep &= np.isfinite(mean).all(axis=1) & np.isfinite(std).all(axis=1)
         if not keep.any():
             return
@@ -586,35 +594,53 @@ class MultiFidelityThinker(SingleStepThinker):
     def submit_simulation(self) -> None:
         """Send a promotion if one waits, else screen the next molecule; with neither (all
         screened, promotions may still come) keep the slot until a result frees one."""
+        # Whatever is sent is reserved (budget and running count) in the same locked step
+        # that chose it, so the result processor, which may send promotions too, never
+        # sees a half-made decision.
         with self.lock:
             if self.n_started >= self.spec.num_to_run:
+                if self.running == 0:
+                    self.done.set()  # a resumed run that had already spent its budget
                 return  # budget spent: the run ends with the last result
-            promoted = self.promotions.pop(0) if self.promotions else None
+            promoted = self._reserve_promotion()
         if promoted is not None:
             self._send(promoted, "full")
             return
         index = self.next_index()
-        if index is None:
-            with self.lock:
-                self.parked += 1
-                idle = self.running == 0
-            if idle:
-                self.done.set()  # nothing left to screen or promote
-            return
         with self.lock:
-            self.started.add(index)
+            if index is None:
+                promoted = self._reserve_promotion()  # one may have come meanwhile
+                if promoted is None:
+                    self.parked += 1
+                    if self.running == 0:
+                        self.done.set()  # nothing left to screen or promote
+                    return
+            else:
+                self.started.add(index)
+                self.n_started += 1
+                self.running += 1
+        if promoted is not None:
+            self._send(promoted, "full")
+            return
         self.on_submit(index)
         self._send(index, "cheap")
 
+    def _reserve_promotion(self) -> int | None:
+        """Pop the best waiting promotion and count it as sent (call with the lock held)."""
+        if not self.promotions or self.n_started >= self.spec.num_to_run:
+            return None
+        self.n_started += 1
+        self.running += 1
+        return self.promotions.pop(0)
+
     def _send(self, index: int, level: str) -> None:
+        """Send one simulation already counted by :meth:`_reserve_promotion` or the
+        submitter."""
         smiles = self.space[index]
         try:
             key = molecule_key(smiles)
         except ValueError:
             key = smiles  # recorded as failed by the worker, with the reason
-        with self.lock:
-            self.n_started += 1
-            self.running += 1
         self.queues.send_inputs(
             smiles,
             key,
@@ -640,21 +666,22 @@ class MultiFidelityThinker(SingleStepThinker):
                 self.logger.info("%s: %s", record.smiles, "; ".join(record.failures.values()))
         else:
             self.logger.warning("simulation of %s failed: %s", self.space[index], result.failure)
+        # Decide the promotion first, then count the result done and queue the promotion in
+        # one step: the submitter never sees nothing running and nothing waiting in between.
+        promote = level == "cheap" and record is not None and self._promotable(record)
         with self.lock:
             self.finished.add(index)
             self.n_done += 1
             self.running -= 1
             n_done = self.n_done
-        if level == "cheap":
-            if record is not None and self._promotable(record):
-                with self.lock:
-                    # Best screened first: a promotion waits behind better ones only.
-                    self.promotions.append(index)
-                    self.n_promoted += 1
-                    self.promotions.sort(
-                        key=lambda i: -self.by_smiles[self.space[i]].properties[self.cheap.name]
-                    )
-        elif record is not None:
+            if promote:
+                # Best screened first: a promotion waits behind better ones only.
+                self.promotions.append(index)
+                self.n_promoted += 1
+                self.promotions.sort(
+                    key=lambda i: -self.by_smiles[self.space[i]].properties[self.cheap.name]
+                )
+        if level == "full" and record is not None:
             value = record.properties.get(self.objective)
         if value is not None and np.isfinite(value):
             with self.lock:
@@ -669,10 +696,10 @@ class MultiFidelityThinker(SingleStepThinker):
         # A slot kept while nothing could be sent takes a promotion now.
         while True:
             with self.lock:
-                if not (self.parked and self.promotions and self.n_started < self.spec.num_to_run):
+                promoted = self._reserve_promotion() if self.parked else None
+                if promoted is None:
                     break
                 self.parked -= 1
-                promoted = self.promotions.pop(0)
             self._send(promoted, "full")
         self.rec.release(SIMULATE, 1)
         if self.progress is not None:
