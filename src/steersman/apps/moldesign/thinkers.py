@@ -532,7 +532,7 @@ class MultiFidelityThinker(SingleStepThinker):
         self.min_promoted = min_promoted or spec.starter.count
         self.promotions: list[int] = []
         """Molecules screened well enough to go on to the objective, best first."""
-        self.n_promoted = sum(1 for r in store if r.done(self.objective))
+        self.n_promoted = sum(1 for r in store if r.done(spec.recipes[0].name))
         """Molecules taken (or to be taken) to the objective's recipe."""
         super().__init__(queues, spec, space, store, progress, **options)
         self.running = 0
