@@ -82,6 +82,9 @@ def run_campaign(spec: Spec, progress=None) -> Outcome:
             ]
         for pool in pools:
             pool.start()
+        # The campaign's clock starts with workers that are up, not still importing.
+        for pool in pools:
+            pool.wait_for_workers(timeout=120)
         try:
             thinker = spec.thinker(queues, spec, space, store, progress, **spec.thinker_options)
             try:
