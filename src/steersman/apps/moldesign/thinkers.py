@@ -200,21 +200,26 @@ class MoleculeThinker(BaseThinker):
         self.tasks_log.write(json.dumps(row) + "\n")
         self.tasks_log.flush()
 
+    def keep(self, result: Result) -> MoleculeRecord | None:
+        """Log a simulation's task and store its record (None if the task itself failed)."""
+        self.log_task(result)
+        if not result.success:
+            index = result.task_info["index"]
+            self.logger.warning("simulation of %s failed: %s", self.space[index], result.failure)
+            return None
+        record: MoleculeRecord = result.value
+        self.store.update(record)
+        self.by_smiles[record.smiles] = record
+        if record.failures:
+            self.logger.info("%s: %s", record.smiles, "; ".join(record.failures.values()))
+        return record
+
     @result_processor(topic=SIMULATE)
     def store_simulation(self, result: Result) -> None:
         self.rec.release(SIMULATE, 1)
-        self.log_task(result)
         index = result.task_info["index"]
-        if result.success:
-            record: MoleculeRecord = result.value
-            self.store.update(record)
-            self.by_smiles[record.smiles] = record
-            value = record.properties.get(self.objective)
-            if record.failures:
-                self.logger.info("%s: %s", record.smiles, "; ".join(record.failures.values()))
-        else:
-            value = None
-            self.logger.warning("simulation of %s failed: %s", self.space[index], result.failure)
+        record = self.keep(result)
+        value = None if record is None else record.properties.get(self.objective)
         with self.lock:
             self.finished.add(index)
             self.n_done += 1
@@ -653,19 +658,10 @@ class MultiFidelityThinker(SingleStepThinker):
 
     @result_processor(topic=SIMULATE)
     def store_simulation(self, result: Result) -> None:
-        self.log_task(result)
         index = result.task_info["index"]
         level = result.task_info.get("level", "full")
         value = None
-        record = None
-        if result.success:
-            record = result.value
-            self.store.update(record)
-            self.by_smiles[record.smiles] = record
-            if record.failures:
-                self.logger.info("%s: %s", record.smiles, "; ".join(record.failures.values()))
-        else:
-            self.logger.warning("simulation of %s failed: %s", self.space[index], result.failure)
+        record = self.keep(result)
         # Decide the promotion first, then count the result done and queue the promotion in
         # one step: the submitter never sees nothing running and nothing waiting in between.
         promote = level == "cheap" and record is not None and self._promotable(record)
