@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ from steersman.apps.moldesign.selectors import (
     UCBSelector,
 )
 from steersman.apps.moldesign.spec import Spec, SpecError, Starter, Workers, load_spec
-from steersman.apps.moldesign.thinkers import BruteForceThinker, MultiFidelityThinker
+from steersman.apps.moldesign.thinkers import (
+    BruteForceThinker,
+    MultiFidelityThinker,
+    SingleStepThinker,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QM9 = ROOT / "examples" / "moldesign" / "qm9-1000.smi"
@@ -220,10 +225,29 @@ def test_multi_fidelity_thinker_screens_cheaply_and_promotes_the_best_reusing_ge
     assert all(v == v for _, v in outcome.best)  # the best table holds the objective only
 
 
-def test_multi_fidelity_thinker_needs_its_cheap_recipe(tmp_path):
-    spec = make_spec(tmp_path, thinker=MultiFidelityThinker)
-    with pytest.raises(SpecError, match=r"spec\.thinker_options\.cheap: expected"):
-        run_campaign(spec)
+@pytest.mark.parametrize(
+    ("thinker", "options", "message"),
+    [
+        (MultiFidelityThinker, {}, "spec.thinker_options.cheap: expected the cheap Recipe"),
+        (
+            MultiFidelityThinker,
+            {"cheap": ElectronAffinity(vertical=True), "promote": 1.5},
+            "spec.thinker_options.promote: expected a fraction in (0, 1], got 1.5",
+        ),
+        (
+            SingleStepThinker,
+            {"min_trainig": 4},
+            "spec.thinker_options: SingleStepThinker has no option 'min_trainig'; expected "
+            "some of: batch, believer, inference_chunks, min_training, queue_ahead",
+        ),
+        (BruteForceThinker, {"queue_ahead": -1}, "spec.thinker_options.queue_ahead: expected"),
+    ],
+    ids=["mf-no-cheap", "mf-promote", "unknown-option", "queue-ahead"],
+)
+def test_thinker_options_are_checked_when_the_spec_is_made(tmp_path, thinker, options, message):
+    # At validation, so `steersman run --dry-run` reports them before anything runs.
+    with pytest.raises(SpecError, match=re.escape(message)):
+        make_spec(tmp_path, thinker=thinker, thinker_options=options)
 
 
 @pytest.mark.parametrize("selector", [ParetoSelector(), EHVISelector()], ids=["pareto", "ehvi"])

@@ -137,9 +137,9 @@ def write_report(spec: Spec, wall_seconds: float = 0.0, stopped_early: bool = Fa
     for record in records:
         if objective in record.properties:
             value_of[record.smiles] = record.properties[objective]
-    failures = sum(1 for r in records if objective in r.failures) + sum(
-        1 for t in sims if not t["success"]
-    )
+    # Molecules a recipe failed on (any level: a cheap screening's failure counts too), and
+    # simulation tasks that failed as tasks (a crash, a timeout).
+    failures = sum(1 for r in records if r.failures) + sum(1 for t in sims if not t["success"])
     ranked = sorted(value_of.items(), key=lambda kv: -kv[1])[:10]
 
     others = [r.name for r in spec.recipes[1:]]

@@ -131,12 +131,16 @@ class Spec:
             _bad("thinker", "a MoleculeThinker class (e.g. SingleStepThinker)", self.thinker)
         if not isinstance(self.thinker_options, dict):
             _bad("thinker_options", "a dict of keyword arguments", self.thinker_options)
+        if not all(isinstance(name, str) for name in self.thinker_options):
+            _bad("thinker_options", "option names as strings", list(self.thinker_options))
         if not isinstance(self.workers, Workers):
             _bad("workers", "a Workers(simulation=..., ml=...)", self.workers)
         for name in ("simulation", "ml"):
             count = getattr(self.workers, name)
             if not isinstance(count, int) or count < 1:
                 _bad(f"workers.{name}", "a positive integer", count)
+        # Last: a thinker's options are judged against the rest of the spec.
+        self.thinker.check_options(self, self.thinker_options)
 
     def load_space(self) -> list[str]:
         """The search space's SMILES, in file order, each once."""

@@ -38,6 +38,30 @@ from steersman.apps.moldesign.store import MoleculeRecord, MoleculeStore
 SIMULATE, TRAIN, INFER = "simulate", "train", "infer"
 
 
+def _option_names(cls: type) -> set[str]:
+    """The keyword options a thinker class takes: those of its ``__init__`` and, where that
+    passes ``**options`` on, of its bases'."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())
+        names |= {
+            p.name
+            for p in parameters[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in ("queues", "spec", "space", "store", "progress")
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+        if klass is MoleculeThinker:
+            break
+    return names
+
+
 # --------------------------------------------------------------------------- ML tasks
 def train_model(scorer, smiles: list[str], targets: list[float]):
     """Fit the scorer on measured molecules (a task for an ML worker)."""
@@ -90,12 +114,7 @@ class MoleculeThinker(BaseThinker):
     ):
         # Slots for one simulation per worker, plus ``queue_ahead`` waiting in the queue, so
         # a worker that finishes starts its next molecule without waiting for the thinker.
-        if not isinstance(queue_ahead, int) or queue_ahead < 0:
-            from steersman.apps.moldesign.spec import SpecError
-
-            raise SpecError(
-                f"spec.thinker_options.queue_ahead: expected 0 or more, got {queue_ahead!r}"
-            )
+        MoleculeThinker._check_values(spec, {"queue_ahead": queue_ahead})
         n_sim = spec.workers.simulation + queue_ahead
         super().__init__(queues, ResourceCounter(n_sim, [SIMULATE]))
         self.rec.reallocate(None, SIMULATE, n_sim)
@@ -122,6 +141,41 @@ class MoleculeThinker(BaseThinker):
         """The best measured value of the objective."""
         self.rng = np.random.default_rng(spec.starter.seed)
         self.queue: list[int] = self.initial_order()
+
+    @classmethod
+    def check_options(cls, spec, options: dict[str, Any]) -> None:
+        """Raise :class:`SpecError` naming the option if ``options`` (a spec's
+        ``thinker_options``) would not make this thinker: an unknown name, or a bad value.
+        Called when a spec is validated, so ``--dry-run`` catches it before anything runs;
+        a subclass with options of its own checks them in :meth:`_check_values`."""
+        from steersman.apps.moldesign.spec import SpecError
+
+        known = _option_names(cls)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise SpecError(
+                f"spec.thinker_options: {cls.__name__} has no option {unknown[0]!r}; "
+                f"expected some of: {', '.join(sorted(known)) or 'none'}"
+            )
+        cls._check_values(spec, options)
+
+    @classmethod
+    def _check_values(cls, spec, options: dict[str, Any]) -> None:
+        from steersman.apps.moldesign.spec import SpecError
+
+        queue_ahead = options.get("queue_ahead", 1)
+        if isinstance(queue_ahead, bool) or not isinstance(queue_ahead, int) or queue_ahead < 0:
+            raise SpecError(
+                f"spec.thinker_options.queue_ahead: expected 0 or more, got {queue_ahead!r}"
+            )
+        for name in ("min_training", "batch", "inference_chunks", "min_promoted"):
+            value = options.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise SpecError(
+                    f"spec.thinker_options.{name}: expected a positive integer, got {value!r}"
+                )
 
     def _finished(self, record: MoleculeRecord | None) -> bool:
         return record is not None and all(record.done(r.name) for r in self.spec.recipes)
@@ -516,22 +570,7 @@ class MultiFidelityThinker(SingleStepThinker):
         min_promoted: int | None = None,
         **options,
     ):
-        from steersman.apps.moldesign.recipes import Recipe
-        from steersman.apps.moldesign.spec import SpecError
-
-        if not isinstance(cheap, Recipe):
-            raise SpecError(
-                "spec.thinker_options.cheap: expected the cheap Recipe to screen with "
-                f"(e.g. IonizationPotential(vertical=True)), got {cheap!r}"
-            )
-        if cheap.name == spec.recipes[0].name:
-            raise SpecError("spec.thinker_options.cheap: expected a recipe other than recipes[0]")
-        if not 0 < promote <= 1:
-            raise SpecError(
-                f"spec.thinker_options.promote: expected a fraction in (0, 1], got {promote!r}"
-            )
-        if spec.selector.n_objectives != 1:
-            raise SpecError("spec.selector: MultiFidelityThinker ranks by one objective")
+        MultiFidelityThinker._check_values(spec, {"cheap": cheap, "promote": promote})
         self.cheap = cheap
         self.promote = promote
         self.min_promoted = min_promoted or spec.starter.count
@@ -555,6 +594,31 @@ class MultiFidelityThinker(SingleStepThinker):
             if record is not None and not record.done(self.objective) and self._promotable(record):
                 self.promotions.append(index)
                 self.n_promoted += 1
+
+    @classmethod
+    def _check_values(cls, spec, options: dict[str, Any]) -> None:
+        from steersman.apps.moldesign.recipes import Recipe
+        from steersman.apps.moldesign.spec import SpecError
+
+        super()._check_values(spec, options)
+        cheap, promote = options.get("cheap"), options.get("promote", 0.25)
+        if not isinstance(cheap, Recipe):
+            raise SpecError(
+                "spec.thinker_options.cheap: expected the cheap Recipe to screen with "
+                f"(e.g. IonizationPotential(vertical=True)), got {cheap!r}"
+            )
+        if cheap.name == spec.recipes[0].name:
+            raise SpecError("spec.thinker_options.cheap: expected a recipe other than recipes[0]")
+        if (
+            isinstance(promote, bool)
+            or not isinstance(promote, int | float)
+            or not (0 < promote <= 1)
+        ):
+            raise SpecError(
+                f"spec.thinker_options.promote: expected a fraction in (0, 1], got {promote!r}"
+            )
+        if spec.selector.n_objectives != 1:
+            raise SpecError("spec.selector: MultiFidelityThinker ranks by one objective")
 
     def _finished(self, record: MoleculeRecord | None) -> bool:
         """A molecule is out of the queue once screened (promotion is decided apart)."""
@@ -682,8 +746,8 @@ class MultiFidelityThinker(SingleStepThinker):
         if value is not None and np.isfinite(value):
             with self.lock:
                 self.best = value if self.best is None else max(self.best, value)
-        if record is not None and level == "full":
-            self.on_simulation(index, value)
+        if level == "full":
+            self.on_simulation(index, value)  # a failed promotion too: it is not running
         n_training = len(self.training_data()[1])
         with self.lock:
             self.n_measured = n_training
