@@ -61,8 +61,16 @@ def test_garbled_envelope_is_refused():
 
 
 def test_unknown_fields_from_a_newer_release_are_ignored():
-    newer = msgspec.msgpack.encode({**msgspec.structs.asdict(make_task()), "shiny_new": 1})
+    # Envelopes are msgpack arrays in field order; a newer release adds fields at the end.
+    newer = msgspec.msgpack.encode([*msgspec.structs.astuple(make_task()), "shiny_new"])
     assert decode(newer).method == "simulate"
+
+
+def test_envelope_is_compact():
+    # Field names do not travel: a no-op task's envelope stays small in Redis and the AOF.
+    data = encode(make_task())
+    assert b"task_id" not in data and b"method" not in data
+    assert msgspec.msgpack.decode(data)[0] == ENVELOPE_VERSION  # an array, v first
 
 
 def test_failure_value_is_none_and_reason_is_kept():

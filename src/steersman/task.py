@@ -47,7 +47,7 @@ def lanes_of(queue: str) -> list[str]:
     return [lane_name(queue, p) for p in PRIORITIES]
 
 
-class ResourceRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ResourceRequest(msgspec.Struct, kw_only=True, omit_defaults=True, array_like=True):
     """Resources a task asks for, with Colmena's names.
 
     ``cpu_threads`` is applied by the worker that runs the task: it sets ``OMP_NUM_THREADS``
@@ -61,7 +61,7 @@ class ResourceRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     slots: int = 1
 
 
-class Failure(msgspec.Struct, kw_only=True):
+class Failure(msgspec.Struct, kw_only=True, array_like=True):
     """Why a task did not succeed: an exception it raised, a timeout, a lost worker, a cancel."""
 
     kind: FailureKind
@@ -73,7 +73,7 @@ class Failure(msgspec.Struct, kw_only=True):
         return f"{self.type}: {self.message}"
 
 
-class WorkerInfo(msgspec.Struct, kw_only=True):
+class WorkerInfo(msgspec.Struct, kw_only=True, array_like=True):
     """Where a task ran: host, process, worker identity and the versions of what ran it."""
 
     host: str
@@ -82,7 +82,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     versions: dict[str, str] = {}
 
 
-class Timestamps(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Timestamps(msgspec.Struct, kw_only=True, omit_defaults=True, array_like=True):
     """Wall-clock seconds (``time.time()``) at every hop of a task's life.
 
     ``created``, ``queued`` and ``result_received`` are read on the client's clock;
@@ -98,7 +98,7 @@ class Timestamps(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_received: float | None = None
 
 
-class Serialization(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Serialization(msgspec.Struct, kw_only=True, omit_defaults=True, array_like=True):
     """Time spent turning user objects into bytes and back, and how many bytes."""
 
     inputs_bytes: int = 0
@@ -109,7 +109,7 @@ class Serialization(msgspec.Struct, kw_only=True, omit_defaults=True):
     deserialize_value: float = 0.0
 
 
-class Result(msgspec.Struct, kw_only=True, dict=True):
+class Result(msgspec.Struct, kw_only=True, dict=True, array_like=True):
     """A task and, once it ran, its outcome: the one message model of steersman.
 
     Users read ``args``, ``kwargs``, ``value``, ``success``, ``failure``, ``task_info``,
@@ -296,12 +296,15 @@ def loads(data: bytes) -> Any:
 
 
 # --------------------------------------------------------------------------- the envelope
+# The structs are encoded as msgpack arrays in field order (``array_like``): no field names
+# on the wire, so an envelope is less than half the size of a map. ``v`` comes first; a new
+# release may add fields at the end only, and an older reader ignores what it does not know.
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Result)
 _batch_decoder = msgspec.msgpack.Decoder(list[Result])
 
 
-class _VersionProbe(msgspec.Struct):
+class _VersionProbe(msgspec.Struct, array_like=True):
     v: int = 0
 
 

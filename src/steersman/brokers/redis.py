@@ -77,9 +77,10 @@ class BrokerUnavailable(SteersmanError):
 
 _SUBMIT = """
 -- ARGV: ns, ttl, packed: per task id, lane, queue, envelope, key ('' if none), each
--- a 4-byte big-endian length and the bytes (one argument instead of five per task)
+-- a 4-byte big-endian length and the bytes (one argument instead of five per task).
+-- Writes are gathered and made once per lane at the end: fewer commands, a shorter AOF.
 local ns, ttl, packed = ARGV[1], ARGV[2], ARGV[3]
-local out, bells = {}, {}
+local out, bells, lanes, order = {}, {}, {}, {}
 local pos = 1
 local function field()
   local size
@@ -88,6 +89,14 @@ local function field()
   pos = pos + size
   return value
 end
+local function each(call, key, items)
+  -- one command per up to 4,000 arguments (Lua's unpack has a limit)
+  for i = 1, #items, 4000 do
+    redis.call(call, key, unpack(items, i, math.min(i + 3999, #items)))
+  end
+end
+local envelopes, laneof = {}, {}
+local new = {}
 while pos <= #packed do
   local id, lane, queue, envelope, key = field(), field(), field(), field(), field()
   local first = false
@@ -96,20 +105,33 @@ while pos <= #packed do
   end
   if first and first ~= id then
     out[#out + 1] = first
-  elseif redis.call('HEXISTS', ns .. ':task', id) == 1
+  elseif new[id] or redis.call('HEXISTS', ns .. ':task', id) == 1
       or redis.call('EXISTS', ns .. ':done:' .. id) == 1 then
     out[#out + 1] = id  -- a retried submission that had already landed
   else
-    redis.call('HSET', ns .. ':task', id, envelope)
-    redis.call('HSET', ns .. ':laneof', id, lane)
-    redis.call('RPUSH', ns .. ':lane:' .. lane, id)
+    new[id] = true
+    envelopes[#envelopes + 1] = id
+    envelopes[#envelopes + 1] = envelope
+    laneof[#laneof + 1] = id
+    laneof[#laneof + 1] = lane
+    if not lanes[lane] then
+      lanes[lane] = {}
+      order[#order + 1] = lane
+    end
+    local ids = lanes[lane]
+    ids[#ids + 1] = id
     bells[queue] = (bells[queue] or 0) + 1
     out[#out + 1] = id
   end
 end
+each('HSET', ns .. ':task', envelopes)
+each('HSET', ns .. ':laneof', laneof)
+for _, lane in ipairs(order) do each('RPUSH', ns .. ':lane:' .. lane, lanes[lane]) end
 for queue, n in pairs(bells) do
   local bell = ns .. ':bell:' .. queue
-  for _ = 1, math.min(n, 64) do redis.call('RPUSH', bell, '1') end
+  local tokens = {}
+  for i = 1, math.min(n, 64) do tokens[i] = '1' end
+  redis.call('RPUSH', bell, unpack(tokens))
   redis.call('LTRIM', bell, -64, -1)
   redis.call('EXPIRE', bell, ttl)
 end
@@ -141,10 +163,14 @@ return out
 """
 
 _DELIVER = """
--- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result
+-- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result.
+-- Expiries, counters and deletions are made once per call, not once per result.
 local ns, ttl, now = ARGV[1], ARGV[3], ARGV[4]
 local held = ns .. ':held:' .. ARGV[2]
 local delivered = 0
+local topics, counts, finished = {}, {}, {}
+local any_failed = false
+local cancels = redis.call('EXISTS', ns .. ':cancel') == 1
 for i = 5, #ARGV, 6 do
   local id, topic, queue = ARGV[i], ARGV[i+1], ARGV[i+2]
   local final, failed, envelope = ARGV[i+3], ARGV[i+4], ARGV[i+5]
@@ -155,25 +181,35 @@ for i = 5, #ARGV, 6 do
   else
     if redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
       redis.call('RPUSH', results, envelope)
-      redis.call('EXPIRE', results, ttl)
+      topics[results] = true
       delivered = delivered + 1
-      local stats = ns .. ':stats'
+      local counter = (failed == '1' and 'failed:' or 'done:') .. queue
+      counts[counter] = (counts[counter] or 0) + 1
       if failed == '1' then
-        redis.call('HINCRBY', stats, 'failed:' .. queue, 1)
         redis.call('SET', ns .. ':failed:' .. id, envelope, 'EX', ttl)
         redis.call('ZADD', ns .. ':failedidx', now, id)
-        redis.call('EXPIRE', ns .. ':failedidx', ttl)
-      else
-        redis.call('HINCRBY', stats, 'done:' .. queue, 1)
+        any_failed = true
       end
-      redis.call('EXPIRE', stats, ttl)
     end
-    redis.call('HDEL', ns .. ':task', id)
-    redis.call('HDEL', ns .. ':laneof', id)
-    redis.call('HDEL', ns .. ':lost', id)
+    finished[#finished + 1] = id
     redis.call('LREM', held, 1, id)
-    redis.call('SREM', ns .. ':cancel', id)
+    if cancels then redis.call('SREM', ns .. ':cancel', id) end
   end
+end
+for results in pairs(topics) do redis.call('EXPIRE', results, ttl) end
+local stats = ns .. ':stats'
+local counted = false
+for counter, n in pairs(counts) do
+  redis.call('HINCRBY', stats, counter, n)
+  counted = true
+end
+if counted then redis.call('EXPIRE', stats, ttl) end
+if any_failed then redis.call('EXPIRE', ns .. ':failedidx', ttl) end
+for i = 1, #finished, 4000 do
+  local j = math.min(i + 3999, #finished)
+  redis.call('HDEL', ns .. ':task', unpack(finished, i, j))
+  redis.call('HDEL', ns .. ':laneof', unpack(finished, i, j))
+  redis.call('HDEL', ns .. ':lost', unpack(finished, i, j))
 end
 return delivered
 """
@@ -253,10 +289,16 @@ redis.call('DEL', unacked)
 redis.call('SET', seq, ARGV[6], 'EX', ARGV[5])
 redis.call('SADD', ns .. ':utopics:' .. c, topic)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
-local items = redis.call('LPOP', ns .. ':result:' .. topic, ARGV[4])
-if not items then return {} end
-redis.call('RPUSH', unacked, unpack(items))
-redis.call('EXPIRE', unacked, ARGV[5])
+-- LMOVE one at a time rather than LPOP + RPUSH: the AOF then records each move, not each
+-- result's bytes a second time.
+local results = ns .. ':result:' .. topic
+local items = {}
+for _ = 1, tonumber(ARGV[4]) do
+  local item = redis.call('LMOVE', results, unacked, 'LEFT', 'RIGHT')
+  if not item then break end
+  items[#items + 1] = item
+end
+if #items > 0 then redis.call('EXPIRE', unacked, ARGV[5]) end
 return items
 """
 
@@ -517,6 +559,11 @@ class RedisBroker:
     # --------------------------------------------------------------------- value store
     def _externalize(self, task: Result) -> Result:
         """Check sizes; move inputs or a value over ``inline_limit`` to the value store."""
+        limit = self.inline_limit
+        if (task.inputs is None or len(task.inputs) <= limit) and (
+            task.value_data is None or len(task.value_data) <= limit
+        ):
+            return task  # the usual case, checked without building anything
         changes: dict[str, Any] = {}
         for field, ref_field, what in (
             ("inputs", "inputs_ref", "inputs"),

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import selectors
 import signal
 import socket
@@ -390,6 +391,15 @@ class _Worker:
     timed_out: str | None = None  # id of the task this worker was killed for
     cancelled: set[str] = field(default_factory=set)  # ids someone asked to cancel
     alive: bool = True
+    poller: Any = None  # select.poll on conn, made once: Connection.poll builds a selector
+
+    def __post_init__(self) -> None:
+        self.poller = select.poll()
+        self.poller.register(self.conn.fileno(), select.POLLIN)
+
+    def has_data(self) -> bool:
+        """Whether the worker wrote something (or hung up) that was not read yet."""
+        return bool(self.poller.poll(0))
 
 
 class _ProcessWorkers:
@@ -696,36 +706,46 @@ class _ProcessWorkers:
                 settle(self.pool.queues, gathered)
 
     def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
-        for _ in itertools.count() if limit is None else range(limit):
-            try:
-                if not worker.conn.poll():
+        finished: list[Result] = []
+        try:
+            for _ in itertools.count() if limit is None else range(limit):
+                try:
+                    if not worker.has_data():
+                        return
+                    data = worker.conn.recv_bytes()
+                except (EOFError, OSError):
                     return
-                data = worker.conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            if data == b"ready":
-                with self.lock:
-                    worker.ready = True
-                    self.lock.notify_all()
-                continue
-            try:
-                results = decode_batch(data)
-            except EnvelopeError as error:
-                logger.error("worker %s sent a garbled result: %s", worker.worker_id, error)
-                continue
-            finished = [r for r in results if r.complete]
-            if finished:
-                with self.lock:
-                    for result in finished:
-                        self._remove_inflight(worker, result.task_id)
-                        if self.auto:
-                            self._learn_running_time(result)
-                    worker.head_since = time.monotonic()
-                    self.lock.notify_all()
-            gathered.extend(results)
-            if len(gathered) >= DRAIN_LIMIT:
-                settle(self.pool.queues, list(gathered))
-                gathered.clear()
+                if data == b"ready":
+                    with self.lock:
+                        worker.ready = True
+                        self.lock.notify_all()
+                    continue
+                try:
+                    results = decode_batch(data)
+                except EnvelopeError as error:
+                    logger.error("worker %s sent a garbled result: %s", worker.worker_id, error)
+                    continue
+                finished += (r for r in results if r.complete)
+                gathered.extend(results)
+                if len(gathered) >= DRAIN_LIMIT:
+                    self._release(worker, finished)
+                    settle(self.pool.queues, list(gathered))
+                    gathered.clear()
+        finally:
+            self._release(worker, finished)
+
+    def _release(self, worker: _Worker, finished: list[Result]) -> None:
+        """Free the slots of finished tasks, in one locked step for a whole drained batch."""
+        if not finished:
+            return
+        with self.lock:
+            for result in finished:
+                self._remove_inflight(worker, result.task_id)
+                if self.auto:
+                    self._learn_running_time(result)
+            worker.head_since = time.monotonic()
+            self.lock.notify_all()
+        finished.clear()
 
     def _learn_running_time(self, result: Result) -> None:
         running = result.time_running
