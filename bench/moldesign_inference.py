@@ -8,7 +8,8 @@ The path is the one :class:`~steersman.apps.moldesign.thinkers.SingleStepThinker
 through :func:`~steersman.apps.moldesign.run.run_campaign`:
 
 1. the space is read like ``Spec.load_space`` (first word of each line, each SMILES once);
-2. a :class:`~steersman.apps.moldesign.scorers.TanimotoGP` (Morgan r=2, 2048 bits) is trained
+2. a :class:`~steersman.apps.moldesign.scorers.TanimotoGP` (Morgan count fingerprints,
+   r=2, 2048 bits; or the scorer given) is trained
    by the app's ``train_model`` task on an ML worker;
 3. the candidates (here: every molecule of the space) are split with ``np.array_split`` into
    one chunk per ML worker, and each chunk is sent to the ML pool as an ``infer_space`` task
@@ -182,9 +183,11 @@ def time_inference(
     *,
     workers: int = 2,
     cache_dir: str | os.PathLike[str] | None = None,
+    template: Any = None,
 ) -> dict[str, Any]:
-    """Train a TanimotoGP on ``n_train`` QM9 molecules (target: Crippen MolLogP) and score
-    every molecule of ``space_path`` through the app's ML pool of ``workers`` processes.
+    """Train ``template`` (default a TanimotoGP) on ``n_train`` QM9 molecules (target:
+    Crippen MolLogP) and score every molecule of ``space_path`` through the app's ML pool
+    of ``workers`` processes.
 
     Returns ``molecules``, ``read_s``, ``train_s``, per-round dicts ``cold``,
     ``warm_memory`` and ``warm_disk`` (``featurize_s``, ``predict_s``, ``wall_s``, per-task
@@ -208,7 +211,7 @@ def time_inference(
     space = read_space(space_path)
     read_s = time.perf_counter() - started
     smiles, targets = training_set(n_train, seed)
-    template = scorers.TanimotoGP()
+    template = template if template is not None else scorers.TanimotoGP()
 
     with tempfile.TemporaryDirectory(prefix="moldesign-features-") as scratch:
         cache = str(cache_dir if cache_dir is not None else scratch)

@@ -16,10 +16,11 @@ import pytest
 
 from steersman.apps.moldesign.recipes import ElectronAffinity, IonizationPotential
 from steersman.apps.moldesign.run import run_campaign
-from steersman.apps.moldesign.scorers import KNNScorer, TanimotoGP
+from steersman.apps.moldesign.scorers import FittedTanimotoGP, KNNScorer, TanimotoGP
 from steersman.apps.moldesign.selectors import (
     DiversityGreedySelector,
     EHVISelector,
+    EISelector,
     GreedySelector,
     ParetoSelector,
     UCBSelector,
@@ -63,8 +64,15 @@ def simulated(run_dir: Path) -> list[dict]:
     return [r for r in rows if r["method"] == "simulate"]
 
 
-def test_single_step_thinker_learns_between_simulations_and_writes_its_report(tmp_path):
-    spec = make_spec(tmp_path)
+@pytest.mark.parametrize(
+    ("scorer", "selector"),
+    [(TanimotoGP, UCBSelector), (FittedTanimotoGP, EISelector)],
+    ids=["gp-ucb", "fitted-gp-ei"],
+)
+def test_single_step_thinker_learns_between_simulations_and_writes_its_report(
+    tmp_path, scorer, selector
+):
+    spec = make_spec(tmp_path, scorer=scorer(), selector=selector())
     outcome = run_campaign(spec)
     assert outcome.simulations == 8 and outcome.failures == 0
     run_dir = tmp_path / "run"

@@ -17,6 +17,7 @@ from rdkit.Chem import Descriptors
 from steersman.apps.moldesign.scorers import (
     Bootstrap,
     FeatureCache,
+    FittedTanimotoGP,
     GPRScorer,
     KNNScorer,
     MorganFingerprints,
@@ -75,6 +76,7 @@ SCORERS = {
     "gpr": lambda: GPRScorer(),
     "forest": lambda: RandomForestScorer(n_estimators=50),
     "tanimoto-gp": lambda: TanimotoGP(),
+    "fitted-tanimoto-gp": lambda: FittedTanimotoGP(),
     "bootstrap-knn": lambda: Bootstrap(KNNScorer(n_neighbors=3), n_models=4),
     "bootstrap-gp": lambda: Bootstrap(TanimotoGP(), n_models=4),
 }
@@ -139,7 +141,7 @@ def test_scorer_trains_predicts_and_pickles(make, smiles, polar_area, split):
     assert np.allclose(again_mean, mean) and np.allclose(again_std, std)
 
 
-@pytest.mark.parametrize("name", ["knn", "gpr", "forest", "tanimoto-gp"])
+@pytest.mark.parametrize("name", ["knn", "gpr", "forest", "tanimoto-gp", "fitted-tanimoto-gp"])
 def test_scorer_learns_polar_surface_area(name, smiles, polar_area, split):
     train_rows, test_rows = split
     fitted = train(SCORERS[name](), [smiles[i] for i in train_rows], polar_area[train_rows])
@@ -491,3 +493,44 @@ def test_inference_predicts_nothing_for_an_unreadable_smiles(tmp_path, smiles, p
     mean, std = infer_space(fitted, space, list(range(len(space))), str(tmp_path))
     assert np.isfinite(mean[:5]).all() and np.isfinite(std[:5]).all()
     assert np.isnan(mean[5]) and np.isnan(std[5])  # not the prior's large doubt
+
+
+def test_fingerprints_at_several_radii_are_blocks_of_single_radius_ones(smiles):
+    several = MorganFingerprints(radius=(1, 2, 3), counts=True)
+    X = several(smiles[:30])
+    assert several.blocks == 3 and X.shape == (30, 3 * 2048)
+    for b, radius in enumerate((1, 2, 3)):
+        alone = MorganFingerprints(radius=radius, counts=True)(smiles[:30])
+        assert np.array_equal(X[:, b * 2048 : (b + 1) * 2048], alone)
+    assert several.name == "morgan-r1+2+3-2048-counts"
+    assert np.array_equal(pickle.loads(pickle.dumps(several))(smiles[:30]), X)
+
+
+def test_fitted_gp_keeps_the_kernel_and_noise_of_highest_evidence(smiles, polar_area):
+    from scipy.stats import multivariate_normal
+
+    gp = FittedTanimotoGP()
+    X, y = gp.featurizer(smiles[:80]), polar_area[:80]
+    fitted = gp.fit(X, y)
+    assert len(fitted.evidence_) == 4 * 6  # radius 1, 2, 3 and their mean; six noises
+    best = max(fitted.evidence_, key=fitted.evidence_.get)
+    assert (fitted.kernel_, fitted.noise_) == best
+    # The evidence is the log density of the targets under the fitted prior, recomputed here
+    # directly from the kernel matrix.
+    width = 2048
+    blocks = [X[:, b * width : (b + 1) * width].astype(float) for b in fitted.kernel_]
+    K = np.mean([tanimoto_similarity(B, B) for B in blocks], axis=0)
+    covariance = fitted.signal_variance_ * (K + fitted.noise_ * np.eye(len(y)))
+    direct = multivariate_normal(mean=np.full(len(y), y.mean()), cov=covariance).logpdf(y)
+    assert fitted.evidence_[best] == pytest.approx(direct, rel=1e-6)
+
+
+def test_fitted_gp_chooses_more_noise_for_noisy_targets(smiles, polar_area):
+    gp = FittedTanimotoGP()
+    X, y = gp.featurizer(smiles), polar_area
+    clean = gp.fit(X, y)
+    rng = np.random.default_rng(0)
+    noisy = gp.fit(X, y + rng.normal(0, 2 * y.std(), len(y)))
+    assert noisy.noise_ > clean.noise_
+    # Its doubt at a training molecule is then larger: it no longer trusts each value.
+    assert noisy.predict(X[:5])[1].mean() > clean.predict(X[:5])[1].mean()

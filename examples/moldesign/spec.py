@@ -8,8 +8,8 @@ Check it first with:  steersman run examples/moldesign/spec.py:spec --dry-run
 from pathlib import Path
 
 from steersman.apps.moldesign.recipes import IonizationPotential
-from steersman.apps.moldesign.scorers import TanimotoGP
-from steersman.apps.moldesign.selectors import UCBSelector
+from steersman.apps.moldesign.scorers import FittedTanimotoGP
+from steersman.apps.moldesign.selectors import EISelector
 from steersman.apps.moldesign.spec import Spec, Starter, Workers
 
 HERE = Path(__file__).resolve().parent
@@ -17,8 +17,8 @@ HERE = Path(__file__).resolve().parent
 spec = Spec(
     search_space=HERE / "qm9-1000.smi",
     recipes=[IonizationPotential(level="gfn2", vertical=False)],
-    scorer=TanimotoGP(),
-    selector=UCBSelector(beta=2.0),
+    scorer=FittedTanimotoGP(),  # kernel and noise fitted to the data at every retraining
+    selector=EISelector(),
     starter=Starter(count=8, how="random", seed=0),
     num_to_run=150,
     workers=Workers(simulation=2, ml=1),
