@@ -298,7 +298,7 @@ MAX_BOOT_FAILURES = 5
 DRAIN_LIMIT = 64
 """Messages the collector reads from one worker before it looks at the others again."""
 
-AUTO_PREFETCH = 16
+AUTO_PREFETCH = 64
 """Tasks a worker may hold beyond the one it runs, with ``prefetch="auto"``, for short tasks."""
 AUTO_PREFETCH_BELOW = 0.005
 """Running time (seconds, recent average) under which ``prefetch="auto"`` prefetches."""
