@@ -233,6 +233,16 @@ def test_multi_fidelity_thinker_screens_cheaply_and_promotes_the_best_reusing_ge
     assert all(v == v for _, v in outcome.best)  # the best table holds the objective only
 
 
+def test_a_user_thinker_taking_its_own_options_is_not_second_guessed(tmp_path):
+    class Patient(SingleStepThinker):
+        def __init__(self, queues, spec, space, store, progress=None, **options):
+            self.patience = options.pop("patience", 3)
+            super().__init__(queues, spec, space, store, progress, **options)
+
+    spec = make_spec(tmp_path, thinker=Patient, thinker_options={"patience": 5})
+    assert spec.thinker_options == {"patience": 5}
+
+
 @pytest.mark.parametrize(
     ("thinker", "options", "message"),
     [

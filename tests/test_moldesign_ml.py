@@ -534,3 +534,25 @@ def test_fitted_gp_chooses_more_noise_for_noisy_targets(smiles, polar_area):
     assert noisy.noise_ > clean.noise_
     # Its doubt at a training molecule is then larger: it no longer trusts each value.
     assert noisy.predict(X[:5])[1].mean() > clean.predict(X[:5])[1].mean()
+
+
+def test_fitted_gp_without_spread_still_doubts_what_it_has_not_seen(smiles):
+    gp = FittedTanimotoGP()
+    X = gp.featurizer(smiles[:6])
+    fitted = gp.fit(X[:3], np.full(3, 7.0))  # all targets equal: nothing to scale by
+    mean, std = fitted.predict(X[3:])
+    assert np.allclose(mean, 7.0)
+    assert (std > 0.1).all()
+
+
+def test_fingerprint_radius_may_be_a_numpy_integer_and_old_pickles_load(smiles):
+    assert MorganFingerprints(radius=np.int64(2)).radii == (2,)
+    with pytest.raises(ValueError, match="radius must be"):
+        MorganFingerprints(radius="two")
+    # A featurizer pickled before several radii existed: one radius, one generator slot.
+    old = MorganFingerprints.__new__(MorganFingerprints)
+    old.__setstate__(
+        {"radius": 2, "n_bits": 2048, "counts": True, "name": "morgan-r2-2048-counts",
+         "_generator": None}
+    )  # fmt: skip
+    assert np.array_equal(old(smiles[:5]), MorganFingerprints(counts=True)(smiles[:5]))

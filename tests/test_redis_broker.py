@@ -50,6 +50,31 @@ def test_forged_and_garbled_tasks_are_rejected_and_the_worker_keeps_serving(redi
         b.close()
 
 
+def test_a_task_of_another_wire_format_is_set_aside_not_dropped(redis_server, caplog):
+    import hmac
+
+    import msgspec
+
+    good = broker(redis_server)
+    queues = Queues(methods=["add"], broker=good)
+    # A task as the release before array envelopes wrote it: a signed msgpack map, version 1.
+    old = msgspec.msgpack.encode({"v": 1, "task_id": "old", "method": "add"})
+    signed = hmac.digest(b"test-signing-key", old, "sha256") + old
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset(f"{good.namespace}:task", "old", signed)
+    raw.hset(f"{good.namespace}:laneof", "old", "default")
+    raw.rpush(f"{good.namespace}:lane:default", "old")
+    with caplog.at_level(logging.ERROR), WorkerPool(queues, [methods.add], mode="thread"):
+        queues.send_inputs(2, 3, method="add")
+        assert queues.get_result(timeout=30).value == 5
+    aside = [r.message for r in caplog.records if "set aside" in r.message]
+    assert len(aside) == 1 and "envelope version 1" in aside[0], aside
+    # Kept for a worker of its release: the envelope is still there, its id listed aside.
+    assert raw.lrange(f"{good.namespace}:incompatible", 0, -1) == [b"old"]
+    assert raw.hget(f"{good.namespace}:task", "old") == signed
+    good.close()
+
+
 def test_two_namespaces_on_one_redis_never_see_each_others_tasks(redis_server):
     first, second = broker(redis_server), broker(redis_server)
     queues_a = Queues(methods=["echo"], broker=first)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from steersman.errors import EnvelopeError, SerializationError
+from steersman.errors import EnvelopeError, EnvelopeVersionError, SerializationError
 from steersman.task import (
     ENVELOPE_VERSION,
     Failure,
@@ -48,8 +48,12 @@ def test_envelope_round_trips_every_field():
 
 def test_envelope_of_other_version_is_refused_with_clear_error():
     task = make_task(v=ENVELOPE_VERSION + 1)
-    with pytest.raises(EnvelopeError, match="envelope version"):
+    with pytest.raises(EnvelopeVersionError, match="envelope version"):
         decode(msgspec.msgpack.encode(task))
+    # Version 1 wrote maps: still recognized as another release's, not as garbage.
+    old = msgspec.msgpack.encode({"v": 1, "task_id": "t1", "method": "simulate"})
+    with pytest.raises(EnvelopeVersionError, match="envelope version 1, this release reads"):
+        decode(old)
 
 
 def test_garbled_envelope_is_refused():

@@ -27,6 +27,11 @@ class EnvelopeError(SteersmanError):
     """A message on the wire is garbled or was written by an incompatible release."""
 
 
+class EnvelopeVersionError(EnvelopeError):
+    """A message written by a release with another wire format: intact, but not readable
+    here. Unlike a garbled or forged message it is kept for a reader that understands it."""
+
+
 class ResultTimeout(SteersmanError, TimeoutError):
     """No result arrived on a topic before the deadline."""
 

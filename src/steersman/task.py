@@ -25,10 +25,11 @@ from typing import Any, Literal
 import cloudpickle
 import msgspec
 
-from steersman.errors import EnvelopeError, SerializationError
+from steersman.errors import EnvelopeError, EnvelopeVersionError, SerializationError
 
-ENVELOPE_VERSION = 1
-"""Version of the wire format. Readers accept exactly the versions they know."""
+ENVELOPE_VERSION = 2
+"""Version of the wire format. Readers accept exactly the versions they know. Version 1 was a
+msgpack map per struct; version 2 is a msgpack array in field order."""
 
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
@@ -304,13 +305,6 @@ _decoder = msgspec.msgpack.Decoder(Result)
 _batch_decoder = msgspec.msgpack.Decoder(list[Result])
 
 
-class _VersionProbe(msgspec.Struct, array_like=True):
-    v: int = 0
-
-
-_probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
-
-
 def check_task_info(info: dict[str, Any]) -> None:
     """``task_info`` travels in the envelope itself: it must be plain data (str keys; str,
     numbers, bools, None, lists and dicts of them)."""
@@ -331,13 +325,25 @@ def encode_batch(tasks: list[Result]) -> bytes:
     return _encoder.encode(tasks)
 
 
-def _refuse(data: bytes, error: Exception) -> EnvelopeError:
+def _version_of(data: bytes) -> int | None:
+    """The ``v`` of an envelope of any release (an array with ``v`` first, or a map with a
+    ``v`` key, as version 1 wrote), or None if it is neither."""
     try:
-        version = _probe_decoder.decode(data).v
+        raw = msgspec.msgpack.decode(data)
     except msgspec.DecodeError:
-        version = None
+        return None
+    version = (
+        raw[0]
+        if isinstance(raw, list) and raw
+        else (raw.get("v") if isinstance(raw, dict) else None)
+    )
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _refuse(data: bytes, error: Exception) -> EnvelopeError:
+    version = _version_of(data)
     if version is not None and version != ENVELOPE_VERSION:
-        return EnvelopeError(
+        return EnvelopeVersionError(
             f"message has envelope version {version}, this release reads version "
             f"{ENVELOPE_VERSION}; run workers and clients of compatible steersman releases"
         )

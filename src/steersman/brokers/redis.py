@@ -23,6 +23,8 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:stats``       hash, expires: ``done:Q`` and ``failed:Q`` counts per queue
 - ``{ns}:cancel``      set, expires: ids of running tasks asked to stop
 - ``{ns}:blob:SHA``    string, expires: inputs or a value too big to travel inline
+- ``{ns}:incompatible`` list, expires: ids of tasks written by a release with another wire
+                         format, set aside (not run, not dropped) by a worker of this one
 
 Every change that moves a task between these places is one Lua script, so a crash between
 two steps cannot lose or duplicate a task. A task is taken with ``LMOVE`` into its
@@ -59,7 +61,13 @@ from urllib.parse import urlparse
 import msgspec
 import redis
 
-from steersman.errors import ConfigurationError, EnvelopeError, SerializationError, SteersmanError
+from steersman.errors import (
+    ConfigurationError,
+    EnvelopeError,
+    EnvelopeVersionError,
+    SerializationError,
+    SteersmanError,
+)
 from steersman.flag import PLAIN_EVENT_CHECK_SECONDS, Flag
 from steersman.task import Failure, Result, decode, encode, lanes_of
 
@@ -930,6 +938,23 @@ class RedisBroker:
             task_id, data, lost = found[index].decode(), found[index + 1], int(found[index + 2])
             try:
                 task = self._open(data)
+            except EnvelopeVersionError as error:
+                # Intact, from another release: kept (its envelope stays in the task hash)
+                # for a worker of that release, not run here and not dropped.
+                aside = self._k("incompatible")
+                logger.error(
+                    "task %s from Redis at %s set aside in %s: %s",
+                    task_id,
+                    self.where,
+                    aside,
+                    error,
+                )
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.lrem(self._k("held", self.consumer), 1, task_id)
+                pipe.rpush(aside, task_id)
+                pipe.expire(aside, self.ttl_seconds)
+                self._call("set aside", pipe.execute)
+                continue
             except EnvelopeError as error:
                 logger.error("rejected task %s from Redis at %s: %s", task_id, self.where, error)
                 pipe = self.redis.pipeline()

@@ -300,6 +300,9 @@ DRAIN_LIMIT = 64
 
 AUTO_PREFETCH = 64
 """Tasks a worker may hold beyond the one it runs, with ``prefetch="auto"``, for short tasks."""
+AUTO_PREFETCH_SECONDS = 0.1
+"""With ``prefetch="auto"``, a worker holds no more than about this much expected work beyond
+its running task, so a long task cannot keep many short ones from idle workers for long."""
 AUTO_PREFETCH_BELOW = 0.005
 """Running time (seconds, recent average) under which ``prefetch="auto"`` prefetches."""
 
@@ -754,7 +757,11 @@ class _ProcessWorkers:
         recent = self.recent_running
         recent = running if recent is None else 0.8 * recent + 0.2 * running
         self.recent_running = recent
-        self.capacity = 1 + AUTO_PREFETCH if recent < AUTO_PREFETCH_BELOW else 1
+        if recent < AUTO_PREFETCH_BELOW:
+            ahead = int(AUTO_PREFETCH_SECONDS / recent) if recent > 0 else AUTO_PREFETCH
+            self.capacity = 1 + max(1, min(AUTO_PREFETCH, ahead))
+        else:
+            self.capacity = 1
 
     @staticmethod
     def _remove_inflight(worker: _Worker, task_id: str) -> None:

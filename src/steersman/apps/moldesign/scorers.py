@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import operator
 import os
 import re
 import tempfile
@@ -56,6 +57,7 @@ __all__ = [
     "Bootstrap",
     "FeatureCache",
     "Featurizer",
+    "FittedTanimotoGP",
     "GPRScorer",
     "KNNScorer",
     "MorganFingerprints",
@@ -124,12 +126,18 @@ class MorganFingerprints:
     def __init__(
         self, radius: int | Sequence[int] = 2, n_bits: int = 2048, counts: bool = False
     ) -> None:
-        radii = (radius,) if isinstance(radius, int) else tuple(radius)
-        if not radii or any(not isinstance(r, int) or r < 0 for r in radii):
+        try:
+            single = not hasattr(radius, "__iter__")
+            radii = tuple(operator.index(r) for r in ((radius,) if single else radius))
+        except TypeError:
+            raise ValueError(
+                f"radius must be an integer or a list of them, got {radius!r}"
+            ) from None
+        if not radii or any(r < 0 for r in radii):
             raise ValueError(f"radius must be 0 or more (or a list of such), got {radius!r}")
         if n_bits < 1:
             raise ValueError(f"n_bits must be 1 or more, got {n_bits}")
-        self.radius: int | tuple[int, ...] = radii[0] if isinstance(radius, int) else radii
+        self.radius: int | tuple[int, ...] = radii[0] if single else radii
         self.radii = radii
         self.blocks = len(radii)
         """Blocks of ``n_bits`` columns, one per radius."""
@@ -612,9 +620,10 @@ class FittedTanimotoGP(TanimotoGP):
     ) -> None:
         if featurizer is None:
             featurizer = MorganFingerprints(radius=(1, 2, 3), counts=True)
-        super().__init__(noise=min(noises, default=1e-2), featurizer=featurizer)
+        noises = tuple(noises)
         if not noises or any(not n >= 0 for n in noises):
             raise ValueError(f"noises must be a non-empty list of numbers >= 0, got {noises!r}")
+        super().__init__(noise=min(noises), featurizer=featurizer)
         self.noises = tuple(float(n) for n in noises)
 
     def _blocks(self, X: np.ndarray, which: Iterable[int] | None = None) -> dict[int, Any]:
@@ -653,6 +662,7 @@ class FittedTanimotoGP(TanimotoGP):
         self.y_mean_ = float(y.mean())
         residual = y - self.y_mean_
         n = len(y)
+        spread = bool(np.any(residual != 0))
         best = None
         self.evidence_: dict[tuple[tuple[int, ...], float], float] = {}
         """Log marginal likelihood of every (kernel, noise) tried at the last fit."""
@@ -663,7 +673,9 @@ class FittedTanimotoGP(TanimotoGP):
                 # prediction need (K + noise I)^-1 r and the factor; scale has a closed form.
                 L = _cholesky_with_jitter(K + noise * np.eye(n))
                 alpha = cho_solve((L, True), residual)
-                scale = max(float(residual @ alpha) / n, 1e-12)
+                # All targets equal (or one molecule): no spread to learn a scale from; use
+                # 1, as TanimotoGP does, so the model still doubts what it has not seen.
+                scale = float(residual @ alpha) / n if spread else 1.0
                 evidence = -0.5 * n * (1.0 + np.log(2 * np.pi * scale)) - float(
                     np.log(np.diag(L)).sum()
                 )

@@ -38,9 +38,10 @@ from steersman.apps.moldesign.store import MoleculeRecord, MoleculeStore
 SIMULATE, TRAIN, INFER = "simulate", "train", "infer"
 
 
-def _option_names(cls: type) -> set[str]:
+def _option_names(cls: type) -> set[str] | None:
     """The keyword options a thinker class takes: those of its ``__init__`` and, where that
-    passes ``**options`` on, of its bases'."""
+    passes ``**options`` on, of its bases'. None when a class of the user's takes
+    ``**options`` itself: only it knows which it reads."""
     import inspect
 
     names: set[str] = set()
@@ -57,6 +58,8 @@ def _option_names(cls: type) -> set[str]:
         }
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
+        if not klass.__module__.startswith("steersman."):
+            return None
         if klass is MoleculeThinker:
             break
     return names
@@ -151,7 +154,7 @@ class MoleculeThinker(BaseThinker):
         from steersman.apps.moldesign.spec import SpecError
 
         known = _option_names(cls)
-        unknown = sorted(set(options) - known)
+        unknown = sorted(set(options) - known) if known is not None else []
         if unknown:
             raise SpecError(
                 f"spec.thinker_options: {cls.__name__} has no option {unknown[0]!r}; "
