@@ -225,3 +225,32 @@ def test_a_stop_flag_wakes_a_blocked_wait_at_once(redis_server):
         assert time.monotonic() - started < 1.5
         assert returned in ([None], [[]])
     client.close()
+
+
+def test_a_submission_spanning_chunks_with_a_repeated_id_queues_each_task_once(redis_server):
+    from steersman.task import Result, dumps, new_task_id
+
+    b = broker(redis_server)
+    tasks = [
+        Result(task_id=new_task_id(), method="add", inputs=dumps(((i, 1), {})))
+        for i in range(4500)  # three script calls of at most 2,000
+    ]
+    repeated = tasks[1234]
+    answers = b.put_tasks([*tasks[:2500], repeated, *tasks[2500:]])
+    assert len(answers) == 4501 and all(accepted for _, accepted in answers)
+    raw = redis.Redis.from_url(redis_server.url)
+    queued = [i.decode() for i in raw.lrange(f"{b.namespace}:lane:default", 0, -1)]
+    assert queued == [t.task_id for t in tasks]  # each once, in order
+    assert raw.hlen(f"{b.namespace}:task") == 4500
+    # Taken and finished in one go: every final result delivered, the books emptied.
+    taken = b.get_tasks(["default"], 4500, timeout=10)
+    assert len(taken) == 4500
+    for task in taken:
+        task.complete, task.success = True, True
+    b.put_results(taken)
+    assert (
+        raw.hlen(f"{b.namespace}:task") == 0 and raw.llen(f"{b.namespace}:held:{b.consumer}") == 0
+    )
+    assert raw.llen(f"{b.namespace}:result:default") == 4500
+    assert raw.hget(f"{b.namespace}:stats", "done:default") == b"4500"
+    b.close()
