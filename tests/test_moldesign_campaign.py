@@ -233,6 +233,46 @@ def test_multi_fidelity_thinker_screens_cheaply_and_promotes_the_best_reusing_ge
     assert all(v == v for _, v in outcome.best)  # the best table holds the objective only
 
 
+def test_multi_fidelity_run_goes_on_when_promotions_fail(tmp_path):
+    from steersman.apps.moldesign.replay import Replay
+
+    truth = ROOT / "bench" / "data" / "qm9-1000-ip-gfn2.jsonl"
+    rows = [json.loads(line) for line in truth.read_text().splitlines()[:40]]
+    rows = [row for row in rows if not row["failures"]][:12]
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    smi = tmp_path / "space.smi"
+    smi.write_text("".join(row["smiles"] + "\n" for row in rows))
+    cheap, full = IonizationPotential(vertical=True), IonizationPotential(vertical=False)
+
+    class BrokenExpensiveLevel(Replay):
+        """Screens as recorded; every promotion's task raises, as a crashing code would."""
+
+        def __call__(self, smiles, key, recipes, record=None):
+            if any(r.name == full.name for r in recipes):
+                raise RuntimeError(f"the expensive level crashed on {smiles}")
+            return super().__call__(smiles, key, recipes, record)
+
+    spec = make_spec(
+        tmp_path,
+        search_space=smi,
+        recipes=[full],
+        simulator=BrokenExpensiveLevel(table, spin=False, scale=0),
+        thinker=MultiFidelityThinker,
+        thinker_options={"cheap": cheap, "promote": 0.5, "min_promoted": 2},
+        starter=Starter(count=2, seed=0),
+        num_to_run=16,
+    )
+    outcome = run_campaign(spec)  # ends: a failed promotion is not left "running"
+    sims = simulated(tmp_path / "run")
+    promoted = [r for r in sims if r["level"] == "full"]
+    assert len(sims) == 16 == outcome.simulations
+    assert promoted and not any(r["success"] for r in promoted)
+    assert all("expensive level crashed" in r["failure"] for r in promoted)
+    assert outcome.failures == len(promoted)  # each failed task counted once
+    assert outcome.best == []  # no molecule reached the objective
+
+
 def test_a_user_thinker_taking_its_own_options_is_not_second_guessed(tmp_path):
     class Patient(SingleStepThinker):
         def __init__(self, queues, spec, space, store, progress=None, **options):
