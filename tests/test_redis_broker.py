@@ -72,6 +72,12 @@ def test_a_task_of_another_wire_format_is_set_aside_not_dropped(redis_server, ca
     # Kept for a worker of its release: the envelope is still there, its id listed aside.
     assert raw.lrange(f"{good.namespace}:incompatible", 0, -1) == [b"old"]
     assert raw.hget(f"{good.namespace}:task", "old") == signed
+    # A result of that release waiting for this reader: set aside too, the next one read.
+    raw.rpush(f"{good.namespace}:result:default", signed)
+    with WorkerPool(queues, [methods.add], mode="thread"):
+        queues.send_inputs(4, 5, method="add")
+        assert queues.get_result(timeout=30).value == 9
+    assert raw.lrange(f"{good.namespace}:incompatible-results:default", 0, -1) == [signed]
     good.close()
 
 

@@ -25,6 +25,8 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:blob:SHA``    string, expires: inputs or a value too big to travel inline
 - ``{ns}:incompatible`` list, expires: ids of tasks written by a release with another wire
                          format, set aside (not run, not dropped) by a worker of this one
+- ``{ns}:incompatible-results:T`` list, expires: such results of topic T, set aside by a
+                         reader of this release
 
 Every change that moves a task between these places is one Lua script, so a crash between
 two steps cannot lose or duplicate a task. A task is taken with ``LMOVE`` into its
@@ -1074,7 +1076,7 @@ class RedisBroker:
                 reader.lock.release()
             if data is None:
                 return None
-            result = self._read_result(data)
+            result = self._read_result(data, topic)
             if result is not None:
                 return result
 
@@ -1140,9 +1142,23 @@ class RedisBroker:
                     buffer.append(replies[4])
                 reader.drained = replies[6] == 0
 
-    def _read_result(self, data: bytes) -> Result | None:
+    def _read_result(self, data: bytes, topic: str | None = None) -> Result | None:
+        """The result in ``data``, or None if it is not readable (logged). One read from the
+        results of ``topic`` that another release wrote is set aside, not dropped."""
         try:
             return self._open(data)
+        except EnvelopeVersionError as error:
+            if topic is None:  # a failed-task record: it stays where it is
+                logger.error("a result in Redis at %s is not readable here: %s", self.where, error)
+                return None
+            # Intact, from another release: kept for a reader of that release, not dropped.
+            aside = self._k("incompatible-results", topic)
+            logger.error("a result from Redis at %s set aside in %s: %s", self.where, aside, error)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(aside, data)
+            pipe.expire(aside, self.ttl_seconds)
+            self._call("set aside", pipe.execute)
+            return None
         except EnvelopeError as error:
             logger.error("rejected a result from Redis at %s: %s", self.where, error)
             return None
