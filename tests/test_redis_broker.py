@@ -78,6 +78,7 @@ def test_a_task_of_another_wire_format_is_set_aside_not_dropped(redis_server, ca
         queues.send_inputs(4, 5, method="add")
         assert queues.get_result(timeout=30).value == 9
     assert raw.lrange(f"{good.namespace}:incompatible-results:default", 0, -1) == [signed]
+    assert good.status()["set_aside"] == {"tasks": 1, "results": 1}
     good.close()
 
 

@@ -437,7 +437,15 @@ def _status_view(state):
             str(info.get("held", 0)),
             ago,
         )
-    return Group(queues, clients)
+    parts = [queues, clients]
+    aside = state.get("set_aside") or {}
+    if aside.get("tasks") or aside.get("results"):
+        parts.append(
+            f"[yellow]{aside.get('tasks', 0)} task(s) and {aside.get('results', 0)} result(s) "
+            "written by another steersman release are set aside: run a worker or client of "
+            "that release on this namespace (docs/redis.md)[/yellow]"
+        )
+    return Group(*parts)
 
 
 @main.command()

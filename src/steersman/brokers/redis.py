@@ -1220,7 +1220,8 @@ class RedisBroker:
         return count
 
     def status(self) -> dict[str, Any]:
-        """Per queue: depth, in flight, done, failed; per live client: what it is doing."""
+        """Per queue: depth, in flight, done, failed; per live client: what it is doing; and
+        how many tasks and results of another release were set aside."""
         depths = self.queue_depths()
         queues: dict[str, dict[str, int]] = {}
 
@@ -1246,7 +1247,17 @@ class RedisBroker:
             info["alive"] = bool(self.redis.exists(self._k("hb", consumer)))
             info["held"] = len(held)
             clients.append(info)
-        return {"namespace": self.namespace, "queues": queues, "clients": clients}
+        aside_results = sum(
+            self.redis.llen(key)
+            for key in self.redis.scan_iter(match=self._k("incompatible-results", "*"))
+        )
+        set_aside = {"tasks": self.redis.llen(self._k("incompatible")), "results": aside_results}
+        return {
+            "namespace": self.namespace,
+            "queues": queues,
+            "clients": clients,
+            "set_aside": set_aside,
+        }
 
     # ---------------------------------------------------------------------------- close
     def close(self) -> None:
