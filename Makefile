@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-moldesign bench-peers lint redis clean
+.PHONY: demo test bench bench-moldesign bench-moldesign-offline bench-peers lint redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ bench: $(STAMP) redis
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/redis_broker.py
 	$(BIN)/python bench/moldesign.py
+	$(BIN)/python bench/moldesign_offline.py
 
 # Side by side with RQ, Celery, Colmena, Parsl, Dask and Ray. The peers get a virtualenv of
 # their own (.venv-peers) with the project installed beside them, so their dependencies
@@ -49,6 +50,10 @@ bench-peers: $(PEERS_STAMP) redis
 # (about 20 minutes on 2 cores).
 bench-moldesign: $(STAMP)
 	$(BIN)/python bench/moldesign.py
+
+# The same selection campaign replayed offline over 60 seeds, to compare models and selectors.
+bench-moldesign-offline: $(STAMP)
+	$(BIN)/python bench/moldesign_offline.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
