@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from run import DOC, machine, write_section
+from run import DOC, machine, markdown_table, print_table, write_section
 from steersman.apps.moldesign.recipes import IonizationPotential
 from steersman.apps.moldesign.replay import Replay
 from steersman.apps.moldesign.run import run_campaign
@@ -304,12 +303,12 @@ def report(console, results, xtb, inference, truth, seeds) -> None:
                 f"{100 * statistics.mean(busy):.1f}%" if busy and name != "random" else "n/a",
             ]
         )
-    table = Table(title=f"Selection on {brute} QM9 molecules, mean over {seeds} seeds (min–max)")
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(
+        console,
+        f"Selection on {brute} QM9 molecules, mean over {seeds} seeds (min–max)",
+        headers,
+        rows,
+    )
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, runs in results.items():
@@ -344,9 +343,7 @@ def report(console, results, xtb, inference, truth, seeds) -> None:
         f"{sum(1 for r in truth.values() if r['failures'])} molecules of the space cannot be "
         "embedded in 3D; they fail in every campaign that picks them, and count.",
         "",
-        "| " + " | ".join(headers) + " |",
-        "| " + " | ".join("---" for _ in headers) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(headers, rows),
         "",
         "![top 10 found against simulations](bench-moldesign.png)",
         "",

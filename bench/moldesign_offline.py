@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from run import DOC, machine, write_section
+from run import DOC, machine, markdown_table, print_table, write_section
 from steersman.apps.moldesign.recipes import IonizationPotential
 from steersman.apps.moldesign.scorers import FittedTanimotoGP, TanimotoGP
 from steersman.apps.moldesign.selectors import EISelector, UCBSelector
@@ -206,12 +205,9 @@ def report(console, results, size, seeds, seconds) -> None:
             ]
         )
     span = f"seeds {seeds.start}–{seeds.stop - 1}"
-    table = Table(title=f"Offline replica on {size:,} QM9 molecules, {len(seeds)} {span}")
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(
+        console, f"Offline replica on {size:,} QM9 molecules, {len(seeds)} {span}", headers, rows
+    )
     console.print(f"{seconds:.0f} s in all")
 
     today = datetime.date.today().isoformat()
@@ -240,9 +236,7 @@ def report(console, results, size, seeds, seconds) -> None:
         f"A seed that reaches {CAP} without 9 of the top 10 is left out of the mean and the "
         "pairs, and shown apart.",
         "",
-        "| " + " | ".join(headers) + " |",
-        "| " + " | ".join("---" for _ in headers) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(headers, rows),
         "",
         END,
     ]

@@ -185,6 +185,25 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join("---" for _ in headers) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def print_table(console: Console, title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """Print a rich table of ``rows`` under ``headers``."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def write_section(begin: str, end: str, lines: list[str], heading: str = "") -> None:
     """Put ``lines`` (which start with ``begin`` and end with ``end``) in place of that
     section of docs/benchmarks.md, adding it (under ``heading``) at the end if absent."""
@@ -286,12 +305,7 @@ def main() -> None:
         ("reaction p50 in ms (target ≤ 1 ms)", statistics.median(ours["reaction50"]) / 1e3),
     ]
 
-    table = Table(title=f"steering core, 2 workers, median of {REPEATS} (min–max)")
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(console, f"steering core, 2 workers, median of {REPEATS} (min–max)", headers, rows)
     for label, value in ratios:
         console.print(f"{label}: {value:.2f}")
     enc = Table(title="envelope encode+decode of a typical Result")
@@ -310,9 +324,7 @@ def main() -> None:
         f"the next task being acknowledged ({N_REACTION} in a row, one in flight). "
         f"Median of {REPEATS} runs, (min–max).",
         "",
-        "| " + " | ".join(headers) + " |",
-        "| " + " | ".join("---" for _ in headers) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(headers, rows),
         "",
         *(f"- {label}: **{value:.2f}**" for label, value in ratios),
         "",
