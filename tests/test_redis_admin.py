@@ -164,6 +164,29 @@ def test_big_values_travel_by_reference_and_oversized_ones_are_refused(
         broker.close()
 
 
+def test_a_big_value_sent_again_is_uploaded_and_downloaded_once(redis_server, namespace):
+    client, queues = make(redis_server, namespace, inline_limit=64 * 1024)
+    worker, worker_queues = make(redis_server, namespace, inline_limit=64 * 1024)
+    space = [f"C{'C' * (i % 40)}O" for i in range(20_000)]  # a search space, ~500 KB pickled
+    raw = redis.Redis.from_url(redis_server.url)
+    before = raw.info("stats")
+    for _ in range(3):  # three inference rounds over the same space
+        queues.send_inputs(space, method="echo")
+    with WorkerPool(worker_queues, [methods.echo], mode="thread"):
+        assert all(queues.get_result(timeout=60).value == space for _ in range(3))
+    # Two values (the inputs, and the echoed result), each stored once and read once by
+    # the one reader that needs it; later rounds renew their time to live and read memory.
+    after = raw.info("stats")
+    blobs = list(raw.scan_iter(match=f"{namespace}:blob:*"))
+    assert len(blobs) == 2 and all(raw.ttl(key) > 0 for key in blobs)
+    once = sum(raw.strlen(key) for key in blobs)  # ~1 MB; three times each would be ~3 MB
+    sent = after["total_net_input_bytes"] - before["total_net_input_bytes"]
+    received = after["total_net_output_bytes"] - before["total_net_output_bytes"]
+    assert once < sent < 1.5 * once and once < received < 1.5 * once, (once, sent, received)
+    for b in (client, worker):
+        b.close()
+
+
 def test_a_client_gives_up_on_an_unreachable_redis_with_a_clear_error():
     from conftest import free_port
 

@@ -54,7 +54,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
 MiB = 1024 * 1024
+BLOB_CACHE_BYTES = 256 * MiB
+"""At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
 
 
@@ -530,6 +532,11 @@ class RedisBroker:
         self._mine_lock = threading.Lock()
         self._take_unsure = False
         """A take failed in flight: its tasks may sit in our held list, never seen."""
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        """Values by reference read lately, by digest (checked when read): a worker given
+        the same big input task after task downloads it once."""
+        self._blobs_size = 0
+        self._blobs_lock = threading.Lock()
         self._closed = False
 
     # --------------------------------------------------------------------------- keys
@@ -601,12 +608,38 @@ class RedisBroker:
                 partial.write_bytes(data)
                 partial.replace(path)
         else:
-            self._call(
-                "store value", self.redis.set, self._k("blob", digest), data, ex=self.ttl_seconds
-            )
+            key = self._k("blob", digest)
+            # The same value again (a search space sent with every inference round): renew
+            # its time to live instead of uploading it once more.
+            if not self._call("renew value", self.redis.expire, key, self.ttl_seconds):
+                self._call("store value", self.redis.set, key, data, ex=self.ttl_seconds)
+        self._remember_blob(digest, data)  # results bring inputs back by reference
         return digest
 
     def _load_blob(self, digest: str) -> bytes:
+        with self._blobs_lock:
+            cached = self._blobs.get(digest)
+            if cached is not None:
+                self._blobs.move_to_end(digest)
+                return cached
+        data = self._fetch_blob(digest)
+        self._remember_blob(digest, data)
+        return data
+
+    def _remember_blob(self, digest: str, data: bytes) -> None:
+        if len(data) > BLOB_CACHE_BYTES // 4:
+            return
+        with self._blobs_lock:
+            if digest in self._blobs:
+                self._blobs.move_to_end(digest)
+                return
+            self._blobs[digest] = data
+            self._blobs_size += len(data)
+            while self._blobs_size > BLOB_CACHE_BYTES:
+                _, dropped = self._blobs.popitem(last=False)
+                self._blobs_size -= len(dropped)
+
+    def _fetch_blob(self, digest: str) -> bytes:
         if self.value_dir is not None:
             try:
                 data = (self.value_dir / digest).read_bytes()
