@@ -58,33 +58,21 @@ def free_port() -> int:
 
 
 class Server:
-    """redis-server as the fault tests run it: AOF on, fsync at every write."""
+    """A redis-server of our own on a free port: as the fault tests run it (AOF on, fsync at
+    every write), or with ``durable=False`` at Redis's own defaults (RDB snapshots, no
+    append-only file), as the peers of ``make bench-peers`` get it."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = True) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="steersman-bench-redis-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         binary = shutil.which("redis-server")
         if binary is None:
             sys.exit("redis-server is not installed; `make redis` installs it")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        if durable:
+            argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 20
         while True:
@@ -98,6 +86,7 @@ class Server:
         self.client = client
 
     def close(self) -> None:
+        self.client.close()
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -67,14 +67,10 @@ def child(key: str, out: Path, workdir: Path, skip: list[str]) -> None:
         cls = SYSTEMS[key]
         url = None
         if cls.needs_redis:
-            if cls.redis_aof:
-                from redis_broker import Server  # the redis-server of bench/redis_broker.py
+            from redis_broker import Server  # the redis-server of bench/redis_broker.py
 
-                server = Server()
-            else:
-                from systems import PlainRedis
-
-                server = PlainRedis()
+            # steersman's rows as its fault tests run; the peers at Redis's defaults.
+            server = Server(durable=cls.redis_aof)
             url = server.url
             report["redis"] = server.client.info("server")["redis_version"]
         system = cls(workdir, url)

@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -79,41 +78,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready within {timeout:.0f} s")
         time.sleep(0.05)
-
-
-class PlainRedis:
-    """A redis-server at Redis's own defaults (RDB snapshots, no append-only file) on a free
-    port, for the peers: their defaults, and no fsync on every write."""
-
-    def __init__(self) -> None:
-        import redis
-
-        from redis_broker import free_port
-
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="peers-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed; `make redis` installs it")
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        self.client = redis.Redis(port=self.port)
-        wait_for(self._pings, 20, "redis-server")
-
-    def _pings(self) -> bool:
-        import redis
-
-        try:
-            return self.client.ping()
-        except redis.ConnectionError:
-            return False
-
-    def close(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Adapter:
