@@ -145,6 +145,7 @@ class FuturesAdapter(Adapter):
 
 class ProcessPool(FuturesAdapter):
     system, setting = "ProcessPoolExecutor (floor)", "2 processes"
+    n_noop = 20_000  # a run of about 2 s at ~10k/s
 
     def start(self):
         self.pool = concurrent.futures.ProcessPoolExecutor(WORKERS)
@@ -212,7 +213,9 @@ def steersman_value(result) -> Any:
 
 class SteersmanEmbedded(QueueAdapter):
     system, setting = "steersman embedded", "defaults (prefetch auto)"
-    n_noop = 5000
+    # As for every system, enough tasks for a run of a second or more (at ~30k/s), so the
+    # figure is the steady rate, not the first tasks' start-up.
+    n_noop = 30_000
 
     def start(self):
         from steersman import Queues, WorkerPool
@@ -245,6 +248,7 @@ class SteersmanRedis(SteersmanEmbedded):
     signing, default 10 s leases, one standalone ``steersman worker --concurrency 2``."""
 
     system, setting = "steersman Redis", "signed, leases, send_batch"
+    n_noop = 20_000  # a run of about 1.5 s at ~13k/s
     needs_redis = True
     redis_aof = True
     layout = (WORKERS,)  # standalone workers, by their --concurrency
