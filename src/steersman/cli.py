@@ -16,7 +16,7 @@ from steersman import __version__
 from steersman.errors import SteersmanError
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # a message stays one line, in a log file too
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,9 +28,19 @@ def main(verbose: int) -> None:
     Start with `steersman demo`: an active-learning campaign on local workers.
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    handler = RichHandler(console=errors)
+    handler: logging.Handler
+    if errors.is_terminal:
+        handler = RichHandler(console=errors)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        # A file or a pipe (a batch job's log, a service manager): one line per record, never
+        # wrapped at a width, so it can be searched with grep.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+        )
     handler.setLevel(level)  # the console's level; a run's own log file may record more
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @main.command()
