@@ -532,6 +532,10 @@ class RedisBroker:
         self._mine_lock = threading.Lock()
         self._take_unsure = False
         """A take failed in flight: its tasks may sit in our held list, never seen."""
+        self._seen_empty: str | None = None
+        """The one lane whose last take left it empty: the next take of that lane waits on
+        it at once (``BLMOVE``) instead of first trying the take script, which would find
+        nothing and cost a round trip per task to a worker kept idle between tasks."""
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         """Values by reference read lately, by digest (checked when read): a worker given
         the same big input task after task downloads it once."""
@@ -898,18 +902,21 @@ class RedisBroker:
                 tasks = self._accept(found) if found else []
                 if tasks:
                     return tasks
-            found = self._call(
-                "take",
-                self._moving,
-                self._scripts["take"],
-                [],
-                [self.namespace, self.consumer, max_count, *lanes],
-            )
-            if found:
-                tasks = self._accept(found)
-                if tasks:
-                    return tasks
-                continue
+            if single is None or self._seen_empty != single:
+                found = self._call(
+                    "take",
+                    self._moving,
+                    self._scripts["take"],
+                    [],
+                    [self.namespace, self.consumer, max_count, *lanes],
+                )
+                if single is not None and len(found) < 3 * max_count:
+                    self._seen_empty = single
+                if found:
+                    tasks = self._accept(found)
+                    if tasks:
+                        return tasks
+                    continue
             if deadline is not None and time.monotonic() >= deadline:
                 return []
             block = self._block_seconds(deadline, stop)
@@ -925,7 +932,9 @@ class RedisBroker:
             )
             task_id = replies[0] if replies else None
             if task_id is not None:
-                tasks = self._accept(self._call("read task", self._read_held, [task_id]))
+                found, left = self._call("read task", self._read_held, [task_id], single)
+                self._seen_empty = single if left == 0 else None
+                tasks = self._accept(found)
                 if tasks:
                     return tasks
 
@@ -950,13 +959,16 @@ class RedisBroker:
             logger.warning("took back %d task(s) whose take lost its reply", len(found) // 3)
         return found
 
-    def _read_held(self, ids: list[bytes]) -> list[Any]:
+    def _read_held(self, ids: list[bytes], lane: str | None = None) -> Any:
         """Envelopes and lost-lease counts of held ids, as the take script returns them; an
-        id whose task is gone (cancelled or finished meanwhile) leaves the held list."""
+        id whose task is gone (cancelled or finished meanwhile) leaves the held list. Given
+        a ``lane`` key, also returns how many ids wait in it, read in the same round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for task_id in ids:
             pipe.hget(self._k("task"), task_id)
             pipe.hget(self._k("lost"), task_id)
+        if lane is not None:
+            pipe.llen(lane)
         replies = pipe.execute()
         found: list[Any] = []
         for index, task_id in enumerate(ids):
@@ -965,7 +977,7 @@ class RedisBroker:
                 self.redis.lrem(self._k("held", self.consumer), -1, task_id)
             else:
                 found += [task_id, envelope, lost or b"0"]
-        return found
+        return found if lane is None else (found, replies[-1])
 
     def _accept(self, found: list) -> list[Result]:
         tasks, exhausted = [], []
