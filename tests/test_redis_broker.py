@@ -202,6 +202,33 @@ def test_tasks_a_take_moved_but_never_reported_are_taken_back(redis_server):
     client.close()
 
 
+def test_a_worker_that_saw_its_lane_empty_still_takes_every_task_once_in_batches(
+    redis_server,
+):
+    # After a take that emptied its lane, a worker waits on the lane directly (one task per
+    # wake); once the lane is seen non-empty again it takes the rest in batches.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    assert worker.get_tasks(["default"], 5, timeout=0.2) == []
+    assert worker._seen_empty is not None
+    sent = set(queues.send_batch([(i, 1) for i in range(12)], method="add"))
+    batches: list[int] = []
+    while sum(batches) < 12:
+        taken = worker.get_tasks(["default"], 5, timeout=5)
+        assert taken, "tasks left in the lane were not taken"
+        batches.append(len(taken))
+        for task in taken:
+            sent.discard(task.task_id)
+            task.set_value(sum(task.args))
+        worker.put_results(taken)
+    assert not sent
+    assert batches[0] == 1 and max(batches) == 5  # one on the wake, then batches
+    assert sorted(queues.get_result(timeout=5).value for _ in range(12)) == list(range(1, 13))
+    worker.close()
+    client.close()
+
+
 def test_a_stop_flag_wakes_a_blocked_wait_at_once(redis_server):
     import threading
 
