@@ -11,7 +11,7 @@ import redis
 
 import methods
 from conftest import wait_until
-from steersman import ConfigurationError, Queues, ResultTimeout, WorkerPool
+from steersman import ConfigurationError, Queues, ResultTimeout, SteersmanError, WorkerPool
 from steersman.brokers.redis import RedisBroker
 
 
@@ -124,8 +124,12 @@ def test_a_task_that_ran_twice_yields_one_result(redis_server):
     slow = broker(redis_server, namespace)
     task = slow.get_task(["default"], timeout=5)
     fast = broker(redis_server, namespace)
-    # The slow consumer's lease is taken from it; another runs the task and reports first.
-    fast.requeue(task)
+    # The slow consumer goes silent past its lease and is reaped; another runs the task and
+    # reports first.
+    slow._heart_stop.set()
+    slow._heart.join()
+    redis.Redis.from_url(redis_server.url).delete(f"{namespace}:hb:{slow.consumer}")
+    assert fast.reap(force=True) == 1
     again = fast.get_task(["default"], timeout=5)
     again.set_value(3)
     again.complete = True
@@ -288,3 +292,150 @@ def test_a_submission_spanning_chunks_with_a_repeated_id_queues_each_task_once(r
     assert raw.llen(f"{b.namespace}:result:default") == 4500
     assert raw.hget(f"{b.namespace}:stats", "done:default") == b"4500"
     b.close()
+
+
+def test_a_requeue_asked_twice_queues_the_task_once(redis_server):
+    # A requeue whose reply was lost is sent again: the second must change nothing, or two
+    # workers would run the task; nor may a finished task come back.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    sent = queues.send_inputs(1, 1, method="add")
+    task = worker.get_task(["default"], timeout=5)
+    worker.requeue(task)
+    worker.requeue(task)
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.lrange(f"{client.namespace}:lane:default", 0, -1) == [sent.encode()]
+    again = worker.get_task(["default"], timeout=5)
+    again.set_value(2)
+    again.complete = True
+    worker.put_result(again)
+    worker.requeue(again)  # finished: stays finished
+    assert raw.llen(f"{client.namespace}:lane:default") == 0
+    assert queues.get_result(timeout=5).value == 2
+    worker.close()
+    client.close()
+
+
+def test_the_key_of_a_cancelled_task_can_be_used_again(redis_server):
+    # A keyed task cancelled (or purged) before it ran never yields a result; sending it
+    # again under its key must queue it, not point at the cancelled one.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    first = queues.send_inputs(1, 2, method="add", key="k1")
+    assert client.cancel_queued({first})
+    second = queues.send_inputs(1, 2, method="add", key="k1")
+    assert second != first
+    assert queues.send_inputs(1, 2, method="add", key="k1") == second  # queued: kept
+    worker = broker(redis_server, namespace=client.namespace)
+    task = worker.get_task(["default"], timeout=5)
+    assert task.task_id == second
+    task.set_value(3)
+    task.complete = True
+    worker.put_result(task)
+    assert queues.get_result(timeout=5).value == 3
+    assert queues.send_inputs(1, 2, method="add", key="k1") == second  # done: kept
+    worker.close()
+    client.close()
+
+
+def deliver_values(worker, values):
+    """Take one task per value and deliver that value as its result."""
+    for value in values:
+        task = worker.get_task(["default"], timeout=5)
+        task.set_value(value)
+        task.complete = True
+        worker.put_result(task)
+
+
+def test_a_live_client_whose_lease_ran_out_gets_each_result_once(redis_server, caplog):
+    # A thinker cut off from Redis for longer than its lease is reaped while it lives: what
+    # it had taken goes back to the topic. It must still see each result once: the ones it
+    # had handed out are not handed out again, the ones it had not are read again.
+    thinker = broker(redis_server)
+    queues = Queues(methods=["add"], broker=thinker)
+    for i in range(5):
+        queues.send_inputs(i, 0, method="add")
+    worker = broker(redis_server, namespace=thinker.namespace)
+    deliver_values(worker, range(5))
+    first = queues.get_result(timeout=5)  # takes all 5, hands out 1
+    thinker._heart_stop.set()  # the cut: no heartbeats
+    thinker._heart.join()
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.delete(f"{thinker.namespace}:hb:{thinker.consumer}")
+    assert worker.reap(force=True) == 5
+    with caplog.at_level(logging.WARNING):
+        thinker._beat()  # the link is back: the client learns it was reaped
+    assert "lease ran out" in caplog.text
+    rest = [queues.get_result(timeout=5).value for _ in range(4)]
+    assert sorted([first.value, *rest]) == [0, 1, 2, 3, 4]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    worker.close()
+    thinker.close()
+
+
+def test_clients_do_not_reap_each_other_right_after_redis_restarts(own_redis):
+    # After a restart every heartbeat key is gone (they expire, or were never saved): a
+    # client must not take the tasks of the live ones before they could beat again.
+    lease = 10.0
+    worker = broker(own_redis, lease_seconds=lease)
+    queues = Queues(methods=["add"], broker=broker(own_redis, worker.namespace))
+    queues.send_inputs(1, 1, method="add")
+    assert worker.get_task(["default"], timeout=5) is not None
+    own_redis.kill()
+    own_redis.start()
+    raw = redis.Redis.from_url(own_redis.url)
+    raw.delete(f"{worker.namespace}:hb:{worker.consumer}")  # as if it had lapsed meanwhile
+    other = broker(own_redis, worker.namespace, lease_seconds=lease)
+    assert other.reap() == 0  # Redis is up for less than two leases
+    assert raw.llen(f"{worker.namespace}:held:{worker.consumer}") == 1
+    for b in (worker, other, queues.broker):
+        b.close()
+
+
+def test_the_heartbeat_outlives_errors_other_than_a_lost_connection(redis_server, caplog):
+    # A cancel handler that raises (or Redis answering an error, e.g. out of memory) must not
+    # stop the heartbeat, or the client's tasks would go to others while it runs them.
+    client = broker(redis_server, lease_seconds=0.3)
+    queues = Queues(methods=["add"], broker=client)
+    task_id = queues.send_inputs(1, 1, method="add")
+    worker = broker(redis_server, client.namespace, lease_seconds=0.3)
+    assert worker.get_task(["default"], timeout=5) is not None
+    calls = []
+
+    def handler(ids):
+        calls.append(ids)
+        raise RuntimeError("a handler that fails")
+
+    worker.cancel_handlers.append(handler)
+    client.cancel([task_id])
+    with caplog.at_level(logging.WARNING):
+        wait_until(lambda: len(calls) >= 3, 10, "three heartbeats after the failure")
+    assert worker._heart.is_alive()
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.exists(f"{client.namespace}:hb:{worker.consumer}")
+    assert "a handler that fails" in caplog.text
+    worker.cancel_handlers.clear()
+    for b in (worker, client):
+        b.close()
+
+
+def test_a_result_whose_value_cannot_be_loaded_yet_is_kept_for_the_next_call(own_redis):
+    # The value travels by reference; Redis goes away between fetching the result and loading
+    # its value. The call fails, and the result must still come on the next call.
+    thinker = broker(own_redis, connect_timeout=1, inline_limit=64)
+    queues = Queues(methods=["add"], broker=thinker)
+    for i in range(2):
+        queues.send_inputs(i, 0, method="add")
+    worker = broker(own_redis, thinker.namespace, inline_limit=64)
+    deliver_values(worker, [b"a" * 1000, b"b" * 1000])
+    worker.close()
+    first = queues.get_result(timeout=5)  # fetches both; the second waits in the buffer
+    own_redis.kill()
+    with pytest.raises(SteersmanError, match="unreachable"):
+        queues.get_result(timeout=5)
+    own_redis.start()
+    second = queues.get_result(timeout=10)
+    assert sorted([first.value, second.value]) == [b"a" * 1000, b"b" * 1000]
+    thinker.close()

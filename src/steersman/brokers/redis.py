@@ -113,7 +113,13 @@ while pos <= #packed do
   local id, lane, queue, envelope, key = field(), field(), field(), field(), field()
   local first = false
   if key ~= '' then
-    first = redis.call('SET', ns .. ':key:' .. key, id, 'NX', 'GET', 'EX', ttl)
+    local record = ns .. ':key:' .. key
+    first = redis.call('GET', record)
+    if first and first ~= id and redis.call('HEXISTS', ns .. ':task', first) == 0
+        and redis.call('EXISTS', ns .. ':done:' .. first) == 0 then
+      first = false  -- that task was cancelled or purged unrun: the key is free again
+    end
+    if not first then redis.call('SET', record, id, 'EX', ttl) end
   end
   if first and first ~= id then
     out[#out + 1] = first
@@ -229,8 +235,13 @@ return delivered
 _REQUEUE = """
 -- ARGV: ns, consumer, id, lane, queue, envelope, front
 -- The envelope now carries the whole attempt count, so lost leases are not counted again.
+-- Only a task this consumer still holds and that has no final result goes back: a call
+-- retried after a lost reply, or for a task the reaper already handed on, changes nothing.
 local ns, id, lane = ARGV[1], ARGV[3], ARGV[4]
-redis.call('LREM', ns .. ':held:' .. ARGV[2], 1, id)
+if redis.call('LREM', ns .. ':held:' .. ARGV[2], 1, id) == 0
+    or redis.call('EXISTS', ns .. ':done:' .. id) == 1 then
+  return 0
+end
 redis.call('HSET', ns .. ':task', id, ARGV[6])
 redis.call('HSET', ns .. ':laneof', id, lane)
 redis.call('HDEL', ns .. ':lost', id)
@@ -261,7 +272,9 @@ for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
       if lane then
         redis.call('LPUSH', ns .. ':lane:' .. lane, id)
         redis.call('HINCRBY', ns .. ':lost', id, 1)
-        redis.call('RPUSH', ns .. ':bell:' .. string.match(lane, '^([^:]+)'), '1')
+        local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
+        redis.call('RPUSH', bell, '1')
+        redis.call('LTRIM', bell, -64, -1)
         moved = moved + 1
       end
     end
@@ -438,6 +451,9 @@ class _Reader:
         self.lock = threading.Lock()
         self.fetch = 1  # the number of the next fetch; a retry reuses it
         self.drained = False  # the last fetch emptied the topic: block for the next
+        self.handed: set[str] = set()  # ids handed out from the unacknowledged fetch
+        self.skip: set[str] = set()  # ids handed out before a reap gave them back
+        self.reaps_seen = 0  # how many reaps of this client this reader has dealt with
 
 
 class RedisBroker:
@@ -522,6 +538,10 @@ class RedisBroker:
         }
         self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
         self._heart: threading.Thread | None = None
+        self._registered = False  # our first heartbeat made us a known consumer
+        self._reaped = 0
+        """Times another client reaped this one (its lease ran out while it lived: a long
+        network cut); readers then drop what went back and was already handed out."""
         self._heart_stop = threading.Event()
         self._heart_lock = threading.Lock()
         self._results_lock = threading.Lock()
@@ -770,7 +790,19 @@ class RedisBroker:
         info_key = self._k("info", self.consumer)
         pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
         pipe.pexpire(info_key, 3 * lease_ms)
-        pipe.execute()
+        added = pipe.execute()[1]
+        if added and self._registered:
+            # We were known, and someone removed us: our lease ran out while we lived, and
+            # what we held went back to be run or read again.
+            self._reaped += 1
+            logger.warning(
+                "this client's lease ran out (was Redis at %s unreachable for over %g s?): "
+                "its tasks and unread results were handed back; results already handed "
+                "out are not delivered again",
+                self.where,
+                self.lease_seconds,
+            )
+        self._registered = True
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
@@ -788,7 +820,9 @@ class RedisBroker:
                 if failing:
                     logger.warning("heartbeat to Redis at %s is back", self.where)
                 failing = False
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except Exception as error:  # the lease must outlive any error
+                # Connection lost, out of memory, a read-only replica after a failover, a
+                # cancel handler that raised: keep beating, or our tasks go to others.
                 if not failing:
                     logger.warning(
                         "heartbeat to Redis at %s failed: %s; retrying", self.where, error
@@ -802,6 +836,12 @@ class RedisBroker:
         Returns how many tasks and results moved.
         """
         lock_ms = max(1, int(self.lease_seconds * 1000 / 3))
+        if not force:
+            # Right after Redis restarts every heartbeat has lapsed, live clients' too: give
+            # them two leases to beat again before taking anything from anyone.
+            uptime = self.redis.info("server").get("uptime_in_seconds", 0)
+            if uptime < 2 * self.lease_seconds:
+                return 0
         moved = self._scripts["reap"](
             keys=[], args=[self.namespace, lock_ms, "1" if force else "0"]
         )
@@ -897,9 +937,10 @@ class RedisBroker:
             if stop is not None and stop.is_set():
                 return []
             if self._take_unsure:
-                found = self._call("recover taken tasks", self._unseen_held)
                 self._take_unsure = False
-                tasks = self._accept(found) if found else []
+                tasks = self._unsure(
+                    lambda: self._accept(self._call("recover taken tasks", self._unseen_held))
+                )
                 if tasks:
                     return tasks
             if single is None or self._seen_empty != single:
@@ -913,7 +954,7 @@ class RedisBroker:
                 if single is not None and len(found) < 3 * max_count:
                     self._seen_empty = single
                 if found:
-                    tasks = self._accept(found)
+                    tasks = self._unsure(self._accept, found)
                     if tasks:
                         return tasks
                     continue
@@ -932,11 +973,22 @@ class RedisBroker:
             )
             task_id = replies[0] if replies else None
             if task_id is not None:
-                found, left = self._call("read task", self._read_held, [task_id], single)
+                found, left = self._unsure(
+                    self._call, "read task", self._read_held, [task_id], single
+                )
                 self._seen_empty = single if left == 0 else None
-                tasks = self._accept(found)
+                tasks = self._unsure(self._accept, found)
                 if tasks:
                     return tasks
+
+    def _unsure(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a step that follows a take; if it fails, the taken tasks sit in our held list
+        unseen, so the next fetch looks for them (``_take_unsure``)."""
+        try:
+            return func(*args)
+        except BaseException:
+            self._take_unsure = True
+            raise
 
     def _moving(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run a call that moves tasks into our held list, noting when its reply is lost."""
@@ -1025,8 +1077,8 @@ class RedisBroker:
         return tasks
 
     def requeue(self, task: Result, front: bool = True) -> None:
-        with self._mine_lock:
-            self._mine.discard(task.task_id)
+        """Hand a task this client holds back to its lane. Only one it still holds and that
+        has no final result goes back, so a call repeated after a lost reply is harmless."""
         self._run(
             "requeue",
             self.consumer,
@@ -1036,6 +1088,10 @@ class RedisBroker:
             self._seal(task),
             "1" if front else "0",
         )
+        # Forgotten only once it has left the held list, so a fetch that looks for unseen
+        # held tasks meanwhile does not take it back.
+        with self._mine_lock:
+            self._mine.discard(task.task_id)
 
     def cancel_queued(self, task_ids: set[str]) -> list[Result]:
         queued, _ = self._cancel(task_ids, running=False)
@@ -1116,12 +1172,33 @@ class RedisBroker:
                     return None
                 continue  # another thread reads this topic now
             try:
+                if reader.reaps_seen != self._reaped:
+                    # Reaped: what we had taken went back to the topic. Read the buffer again
+                    # from there, and do not hand out twice what was handed out already.
+                    reader.reaps_seen = self._reaped
+                    reader.skip |= reader.handed
+                    reader.handed = set()
+                    reader.drained = False
+                    with self._results_lock:
+                        buffer.clear()
                 data = self._next_result(topic, reader, buffer, deadline, stop)
+                if data is None:
+                    return None
+                try:
+                    result = self._read_result(data, topic)
+                except BaseException:
+                    # Redis went away while loading a value by reference: keep the result
+                    # for the next call, or the next fetch would acknowledge it unread.
+                    with self._results_lock:
+                        buffer.appendleft(data)
+                    raise
+                if result is not None:
+                    if result.task_id in reader.skip:
+                        reader.skip.discard(result.task_id)
+                        continue
+                    reader.handed.add(result.task_id)
             finally:
                 reader.lock.release()
-            if data is None:
-                return None
-            result = self._read_result(data, topic)
             if result is not None:
                 return result
 
@@ -1139,6 +1216,7 @@ class RedisBroker:
                 if buffer:
                     return buffer.popleft()
             if not reader.drained:
+                reader.handed = set()  # this fetch acknowledges the previous one
                 items = self._run(
                     "take_results",
                     self.consumer,
@@ -1161,6 +1239,7 @@ class RedisBroker:
             topics = self._k("utopics", self.consumer)
             ttl = self.ttl_seconds
             block = self._block_seconds(deadline, stop)
+            reader.handed = set()
             try:
                 replies = self._blocking(
                     stop,
