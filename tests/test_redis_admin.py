@@ -3,6 +3,7 @@ that exit on their own."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 
@@ -366,3 +367,68 @@ def test_tls_connections_serve_a_standalone_worker_and_an_untrusted_certificate_
     with pytest.raises(ConfigurationError, match="TLS certificate is not trusted.*ssl_ca_certs"):
         Queues(methods=["add"], broker=untrusted).send_inputs(1, 1, method="add")
     assert time.monotonic() - started < 10  # at once, not after the connect timeout
+
+
+def test_cancelling_a_prefetched_task_does_not_charge_the_running_one(
+    redis_server, namespace, cli, tmp_path
+):
+    # The process holding a prefetched task that is cancelled is stopped; the task it was
+    # running is not to blame: it runs again without using up a retry.
+    broker, queues = make(redis_server, namespace)
+    gate = tmp_path / "go"
+    running = queues.send_inputs(str(gate), 120, method="wait_for_file", max_retries=0)
+    ahead = queues.send_inputs(1, 2, method="add")
+    with WorkerPool(queues, [methods.wait_for_file, methods.add], prefetch=1):
+        wait_until(lambda: (tmp_path / "go.started").exists(), 60, "the first task to start")
+        assert "stop 1 running" in cli("cancel", ahead)
+        first = queues.get_result(timeout=30)
+        assert first.task_id == ahead and first.failure.kind == "cancelled"
+        gate.write_text("")
+        second = queues.get_result(timeout=60)
+    assert second.task_id == running and second.success, second.failure
+    broker.close()
+
+
+def test_an_in_process_pool_outlives_redis_being_away_past_the_client_deadline(
+    own_redis, tmp_path, caplog
+):
+    # The thinker's broker gives up after connect_timeout; the pool's threads must not: they
+    # wait, and deliver the result when Redis is back.
+    broker = RedisBroker(own_redis.url, "outage", hmac_key=TEST_KEY, connect_timeout=1)
+    queues = Queues(methods={"wait_for_file": "sim"}, broker=broker)
+    gate = tmp_path / "go"
+    with WorkerPool(queues, [methods.wait_for_file], workers=1):
+        queues.send_inputs(str(gate), 120, method="wait_for_file")
+        wait_until(lambda: (tmp_path / "go.started").exists(), 60, "the task to start")
+        own_redis.kill()
+        with caplog.at_level("ERROR", logger="steersman.workers.pool"):
+            gate.write_text("")  # the task ends while Redis is away
+            wait_until(lambda: "trying again" in caplog.text, 30, "the pool to wait it out")
+        own_redis.start()
+        assert queues.get_result(timeout=60).success
+    broker.close()
+
+
+def test_a_standalone_worker_stops_on_sigterm_while_redis_is_away(own_redis, start_worker):
+    worker = start_worker(
+        own_redis, "away", "--queues", "sim", "--method", "methods:add", "--grace", "1"
+    )
+    wait_until(lambda: "serving" in worker.log(), 60, "the worker to start")
+    own_redis.kill()
+    worker.kill(signal.SIGTERM)
+    assert worker.process.wait(30) == 0, worker.log()
+
+
+def test_a_burst_worker_waits_for_redis_then_exits_once_the_queues_are_empty(
+    own_redis, start_worker
+):
+    worker = start_worker(
+        own_redis, "burst", "--queues", "sim", "--method", "methods:add", "--burst"
+    )
+    wait_until(lambda: "serving" in worker.log(), 60, "the worker to start")
+    own_redis.kill()
+    wait_until(lambda: "cannot read the queue depths" in worker.log(), 30, "a logged wait")
+    assert worker.process.poll() is None  # waiting, not crashed
+    own_redis.start()
+    assert worker.process.wait(60) == 0, worker.log()
+    assert "queues empty (--burst)" in worker.log()

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from steersman.brokers import Broker, LocalBroker
 from steersman.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     ResultTimeout,
     RunAborted,
@@ -28,6 +29,7 @@ from steersman.workers import WorkerPool, current_task
 __all__ = [
     "BaseThinker",
     "Broker",
+    "BrokerUnavailable",
     "ConfigurationError",
     "Failure",
     "Flag",

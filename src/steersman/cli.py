@@ -357,19 +357,37 @@ def worker(
     why = "stopping"
     # Burst and idle limits are checked twice a second; otherwise the wait only lets signals in.
     period = 0.5 if (burst or max_idle is not None) else 3600
-    while not stop.wait(period):
-        idle = pool.idle_seconds()
-        if idle is None:
-            continue
-        if max_idle is not None and idle >= max_idle:
-            why = f"idle for {idle:.0f} s"
-            break
-        if burst and not any(broker.queue_depths().get(lane) for lane in lane_list):
-            why = "queues empty (--burst)"
-            break
-    errors.print(f"steersman worker: {why}; running tasks get {grace:g} s")
-    pool.stop(timeout=grace)
-    broker.close()
+    failing: list[bool] = []  # the last queue-depth read failed (logged once per outage)
+    try:
+        while not stop.wait(period):
+            idle = pool.idle_seconds()
+            if idle is None:
+                continue
+            if max_idle is not None and idle >= max_idle:
+                why = f"idle for {idle:.0f} s"
+                break
+            if burst and _lanes_empty(broker, lane_list, failing):
+                why = "queues empty (--burst)"
+                break
+        errors.print(f"steersman worker: {why}; running tasks get {grace:g} s")
+    finally:
+        pool.stop(timeout=grace)
+        broker.close()
+
+
+def _lanes_empty(broker, lanes: list[str], failing: list[bool]) -> bool:
+    """Whether every lane is empty; False while Redis cannot tell (it is away: wait)."""
+    try:
+        depths = broker.queue_depths()
+    except Exception as error:  # redis-py's connection errors: Redis is away for now
+        if not failing:
+            logging.getLogger(__name__).warning(
+                "cannot read the queue depths: %s; waiting for Redis", error
+            )
+            failing.append(True)
+        return False
+    failing.clear()
+    return not any(depths.get(lane) for lane in lanes)
 
 
 @main.command()

@@ -40,6 +40,10 @@ class RunAborted(SteersmanError):
     """A wait was interrupted because the run is stopping (an agent failed or Ctrl-C)."""
 
 
+class BrokerUnavailable(SteersmanError):
+    """The broker's server (Redis) could not be reached within the deadline."""
+
+
 class PoolError(SteersmanError):
     """A worker pool cannot do what was asked (not started, already stopped, ...)."""
 

@@ -64,11 +64,11 @@ import msgspec
 import redis
 
 from steersman.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     EnvelopeError,
     EnvelopeVersionError,
     SerializationError,
-    SteersmanError,
 )
 from steersman.flag import PLAIN_EVENT_CHECK_SECONDS, Flag
 from steersman.task import Failure, Result, decode, encode, lanes_of
@@ -81,10 +81,6 @@ MiB = 1024 * 1024
 BLOB_CACHE_BYTES = 256 * MiB
 """At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
-
-
-class BrokerUnavailable(SteersmanError):
-    """Redis could not be reached within the deadline."""
 
 
 _SUBMIT = """
@@ -683,8 +679,9 @@ class RedisBroker:
         return data
 
     # ---------------------------------------------------------------------- resilience
-    def _call(self, what: str, func, *args, **kwargs):
-        """Run a Redis call, retrying with backoff until ``connect_timeout`` passes."""
+    def _call(self, what: str, func, *args, give_up: threading.Event | None = None, **kwargs):
+        """Run a Redis call, retrying with backoff until ``connect_timeout`` passes, or until
+        ``give_up`` is set (a worker that is stopping does not wait for Redis to return)."""
         deadline = (
             None if self.connect_timeout is None else (time.monotonic() + self.connect_timeout)
         )
@@ -712,6 +709,11 @@ class RedisBroker:
                         "name the CA that signed it in the URL, "
                         "e.g. rediss://host:6380/0?ssl_ca_certs=/path/ca.pem"
                     ) from None
+                if give_up is not None and give_up.is_set():
+                    raise BrokerUnavailable(
+                        f"Redis at {self.where} is unreachable ({error}); not waiting for it, "
+                        f"as this {self.role} is stopping"
+                    ) from error
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"Redis at {self.where} is unreachable ({error}) after "
@@ -724,7 +726,10 @@ class RedisBroker:
                     error,
                     delay,
                 )
-                time.sleep(delay)
+                if give_up is not None:
+                    give_up.wait(delay)
+                else:
+                    time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     # --------------------------------------------------------------------------- tasks
@@ -939,7 +944,9 @@ class RedisBroker:
             if self._take_unsure:
                 self._take_unsure = False
                 tasks = self._unsure(
-                    lambda: self._accept(self._call("recover taken tasks", self._unseen_held))
+                    lambda: self._accept(
+                        self._call("recover taken tasks", self._unseen_held, give_up=stop)
+                    )
                 )
                 if tasks:
                     return tasks
@@ -950,6 +957,7 @@ class RedisBroker:
                     self._scripts["take"],
                     [],
                     [self.namespace, self.consumer, max_count, *lanes],
+                    give_up=stop,
                 )
                 if single is not None and len(found) < 3 * max_count:
                     self._seen_empty = single
@@ -962,7 +970,7 @@ class RedisBroker:
                 return []
             block = self._block_seconds(deadline, stop)
             if single is None:
-                self._call("wait", self._blocking, stop, [("BLPOP", *bells, block)])
+                self._call("wait", self._blocking, stop, [("BLPOP", *bells, block)], give_up=stop)
                 continue
             replies = self._call(
                 "wait",
@@ -970,22 +978,23 @@ class RedisBroker:
                 self._blocking,
                 stop,
                 [("BLMOVE", single, held, "LEFT", "RIGHT", block)],
+                give_up=stop,
             )
             task_id = replies[0] if replies else None
             if task_id is not None:
                 found, left = self._unsure(
-                    self._call, "read task", self._read_held, [task_id], single
+                    self._call, "read task", self._read_held, [task_id], single, give_up=stop
                 )
                 self._seen_empty = single if left == 0 else None
                 tasks = self._unsure(self._accept, found)
                 if tasks:
                     return tasks
 
-    def _unsure(self, func: Callable[..., Any], *args: Any) -> Any:
+    def _unsure(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a step that follows a take; if it fails, the taken tasks sit in our held list
         unseen, so the next fetch looks for them (``_take_unsure``)."""
         try:
-            return func(*args)
+            return func(*args, **kwargs)
         except BaseException:
             self._take_unsure = True
             raise

@@ -30,7 +30,13 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from steersman.errors import ConfigurationError, EnvelopeError, PoolError, SteersmanError
+from steersman.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    EnvelopeError,
+    PoolError,
+    SteersmanError,
+)
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
@@ -106,6 +112,35 @@ def settle(queues: Queues, results: list[Result]) -> None:
             deliver.append(result)
     if deliver:
         queues.broker.put_results(deliver)
+
+
+STOP_WAIT_FOR_BROKER = 5.0
+"""Seconds a stopping pool waits, after its grace period, for threads still trying to reach
+an unreachable broker (to deliver results or hand tasks back) before it leaves them: what
+they held goes to other workers when its lease runs out."""
+
+
+def persist(what: str, call: Callable[[], Any], give_up: threading.Event) -> Any:
+    """Run a broker call that must not be skipped (delivering results, handing tasks back)
+    until it succeeds: a broker away past its deadline makes the thread wait and try again,
+    never die holding the tasks. Gives up (returns None) only once ``give_up`` is set; the
+    broker's lease then hands what it held to others."""
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except BrokerUnavailable as error:
+            if give_up.is_set():
+                logger.error(
+                    "%s: %s; giving up as the pool stops (its tasks run again elsewhere once "
+                    "the lease runs out)",
+                    what,
+                    error,
+                )
+                return None
+            logger.error("%s: %s; trying again in %.1f s", what, error, delay)
+            give_up.wait(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class WorkerPool:
@@ -224,6 +259,7 @@ class _ThreadWorkers:
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.stop_flag = _new_flag()
+        self.abandon = threading.Event()  # stop() gave up waiting for the broker
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -242,7 +278,12 @@ class _ThreadWorkers:
         pool = self.pool
         broker = pool.queues.broker
         while not self.stop_flag.is_set():
-            task = broker.get_task(pool.lanes, stop=self.stop_flag)
+            try:
+                task = broker.get_task(pool.lanes, stop=self.stop_flag)
+            except SteersmanError as error:
+                logger.error("%s cannot take tasks: %s; trying again", pool.name, error)
+                self.stop_flag.wait(1.0)
+                continue
             if task is None:
                 continue
             task.timestamps.picked_up = time.time()
@@ -251,15 +292,22 @@ class _ThreadWorkers:
             ):
                 result.timestamps.result_queued = time.time()
                 if result.complete:
-                    retry_or_deliver(pool.queues, result)
+                    persist(
+                        "delivering a result",
+                        lambda r=result: retry_or_deliver(pool.queues, r),
+                        self.abandon,
+                    )
                 else:
-                    broker.put_result(result)
+                    persist(
+                        "delivering a result", lambda r=result: broker.put_result(r), self.abandon
+                    )
 
     def stop(self, timeout: float) -> None:
         self.stop_flag.set()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.abandon.set()
         alive = [t.name for t in self.threads if t.is_alive()]
         if alive:
             logger.warning("thread workers still running a task after %.1f s: %s", timeout, alive)
@@ -414,6 +462,7 @@ class _ProcessWorkers:
         self.lock = threading.Condition()
         self.workers: list[_Worker] = []
         self.stop_flag = _new_flag()
+        self.abandon = threading.Event()  # stop() gave up waiting for the broker
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -500,10 +549,11 @@ class _ProcessWorkers:
         with self.lock:
             workers = [w for w in self.workers if w.alive]
         if self.feeder.is_alive():
-            # Blocked writing to a busy worker: killing the workers unblocks it.
+            # Blocked writing to a busy worker (killing the workers unblocks it), or handing
+            # tasks back to a broker that is away.
             for worker in workers:
                 worker.process.kill()
-            self.feeder.join()
+            self.feeder.join(STOP_WAIT_FOR_BROKER)
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(b"")
@@ -516,7 +566,17 @@ class _ProcessWorkers:
                 )
                 worker.process.kill()
         self._wake()
-        self.collector.join()
+        self.collector.join(max(0.0, deadline - time.monotonic()) + STOP_WAIT_FOR_BROKER)
+        if self.collector.is_alive() or self.feeder.is_alive():
+            # Still trying to reach the broker: stop trying. What they held goes to other
+            # workers when its lease runs out.
+            self.abandon.set()
+            self._wake()
+            self.collector.join(STOP_WAIT_FOR_BROKER)
+            self.feeder.join(STOP_WAIT_FOR_BROKER)
+        if self.collector.is_alive() or self.feeder.is_alive():
+            logger.error("%s: threads still waiting for the broker; leaving them", self.pool.name)
+            return  # they may still use the wake pipe and the workers' connections
         for conn in self.closed_later:
             conn.close()
         os.close(self.wake_r)
@@ -599,7 +659,11 @@ class _ProcessWorkers:
                     sends.append((worker, batch))
             # Taken but no worker has room now (one died, or the pool is stopping).
             for task in reversed(pending):
-                self.broker.requeue(task, front=True)
+                persist(
+                    "handing a task back",
+                    lambda t=task: self.broker.requeue(t, front=True),
+                    self.abandon,
+                )
             for worker, batch in sends:
                 try:
                     message = encode_batch(batch)
@@ -626,7 +690,7 @@ class _ProcessWorkers:
                 "SerializationError",
                 f"the task could not be sent to a worker: {error}",
             )
-        self.broker.put_results(batch)
+        persist("delivering results", lambda: self.broker.put_results(batch), self.abandon)
 
     # ------------------------------------------------------------------------- collector
     def _collect(self) -> None:
@@ -706,7 +770,10 @@ class _ProcessWorkers:
             self._read_results(worker, limit, gathered)
         finally:
             if gathered:
-                settle(self.pool.queues, gathered)
+                self._settle(gathered)
+
+    def _settle(self, results: list[Result]) -> None:
+        persist("delivering results", lambda: settle(self.pool.queues, results), self.abandon)
 
     def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
         finished: list[Result] = []
@@ -732,7 +799,7 @@ class _ProcessWorkers:
                 gathered.extend(results)
                 if len(gathered) >= DRAIN_LIMIT:
                     self._release(worker, finished)
-                    settle(self.pool.queues, list(gathered))
+                    self._settle(list(gathered))
                     gathered.clear()
         finally:
             self._release(worker, finished)
@@ -808,7 +875,7 @@ class _ProcessWorkers:
             cancelled = [t for t in held if t.task_id in worker.cancelled]
             for task in reversed(unstarted):
                 if task.task_id not in worker.cancelled:
-                    self.broker.requeue(task, front=True)
+                    self._hand_back(task)
             if cancelled:
                 for task in cancelled:
                     task.finish_failed(
@@ -816,8 +883,17 @@ class _ProcessWorkers:
                         "Cancelled",
                         f"cancelled on request; worker {worker.worker_id} stopped",
                     )
-                self.broker.put_results(cancelled)
-            if running.task_id not in worker.cancelled:
+                persist(
+                    "delivering cancelled results",
+                    lambda: self.broker.put_results(cancelled),
+                    self.abandon,
+                )
+            if running.task_id in worker.cancelled:
+                pass
+            elif worker.cancelled and worker.timed_out is None:
+                # Stopped to cancel a task it held ahead: not the running task's fault.
+                self._hand_back(running)
+            else:
                 self._settle_lost(worker, running, how)
         elif replace:
             logger.warning("worker %s died (%s) while idle", worker.worker_id, how)
@@ -842,11 +918,11 @@ class _ProcessWorkers:
             task.complete = True
             task.set_failure(timeout_failure(task.timeout or 0.0, killed=True))
             task.timestamps.result_queued = time.time()
-            retry_or_deliver(self.pool.queues, task)
+            self._settle([task])
             return
         if self.stopping:
             # Not the task's fault: hand it back untouched for whoever serves the queue next.
-            self.broker.requeue(task, front=True)
+            self._hand_back(task)
             return
         if task.attempt <= task.max_retries:
             logger.warning(
@@ -858,7 +934,7 @@ class _ProcessWorkers:
                 task.attempt,
             )
             task.reset_for_retry()
-            self.broker.requeue(task, front=True)
+            self._hand_back(task)
             return
         logger.error(
             "worker %s died (%s) running task %s (%s); no retries left",
@@ -869,4 +945,7 @@ class _ProcessWorkers:
         )
         task.worker = info
         task.fail_as_lost(f"the worker process running this task died ({how})", task.attempt)
-        self.broker.put_result(task)
+        self._settle([task])
+
+    def _hand_back(self, task: Result) -> None:
+        persist("handing a task back", lambda: self.broker.requeue(task, front=True), self.abandon)
