@@ -432,3 +432,28 @@ def test_a_burst_worker_waits_for_redis_then_exits_once_the_queues_are_empty(
     own_redis.start()
     assert worker.process.wait(60) == 0, worker.log()
     assert "queues empty (--burst)" in worker.log()
+
+
+def test_inputs_a_worker_cannot_load_fail_the_task_with_the_reason(
+    redis_server, namespace, start_worker, tmp_path
+):
+    # The thinker keeps big inputs in a shared directory. A worker started without it
+    # cannot load them: the task fails and says what to do, instead of vanishing. The same
+    # worker given --value-store runs it.
+    store = tmp_path / "values"
+    broker, queues = make(redis_server, namespace, inline_limit=1024, value_store=store)
+    payload = b"x" * 4096
+    queues.send_inputs(payload, method="echo")
+    blind = start_worker(redis_server, namespace, "--queues", "sim", "--method", "methods:echo")
+    failed = queues.get_result(timeout=60)
+    assert not failed.success and failed.failure.type == "ValueMissing"
+    assert "--value-store" in failed.failure.message
+    assert "cannot be run" in blind.log()
+    blind.close()
+    queues.send_inputs(payload, method="echo")
+    start_worker(
+        redis_server, namespace, "--queues", "sim", "--method", "methods:echo",
+        "--value-store", str(store),
+    )  # fmt: skip
+    assert queues.get_result(timeout=60).value == payload
+    broker.close()

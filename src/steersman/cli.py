@@ -213,7 +213,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         if option not in known:
             raise click.BadParameter(
                 f"{path}: unknown worker setting {name!r}; known: redis, namespace, queues, "
-                "methods, concurrency, prefetch, grace, lease, burst, max_idle, insecure"
+                "methods, concurrency, prefetch, grace, lease, burst, value_store, max_idle, "
+                "insecure"
             )
         if option == "lanes" and isinstance(value, list):
             value = ",".join(value)
@@ -291,6 +292,13 @@ def _admin_broker(redis_url: str, namespace: str, insecure: bool):
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing runs.")
 @click.option(
+    "--value-store",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Shared directory of big values passed by reference, if the thinker's broker names "
+    "one (value_store=); by default they are kept in Redis.",
+)
+@click.option(
     "--max-idle",
     type=float,
     default=None,
@@ -307,6 +315,7 @@ def worker(
     grace,
     lease,
     burst,
+    value_store,
     max_idle,
 ):
     """Serve tasks from Redis with local worker processes, until SIGTERM or Ctrl-C.
@@ -341,7 +350,12 @@ def worker(
         except ValueError:
             raise click.BadParameter("a whole number or auto", param_hint="--prefetch") from None
     broker = RedisBroker(
-        redis_url, namespace, insecure=insecure, lease_seconds=lease, connect_timeout=None
+        redis_url,
+        namespace,
+        insecure=insecure,
+        lease_seconds=lease,
+        connect_timeout=None,
+        value_store=value_store,
     )
     queues = Queues(methods=dict.fromkeys(methods, lane_list[0].split(":")[0]), broker=broker)
     stop = threading.Event()

@@ -27,6 +27,11 @@ class EnvelopeError(SteersmanError):
     """A message on the wire is garbled or was written by an incompatible release."""
 
 
+class ValueMissingError(EnvelopeError):
+    """A value passed by reference (big inputs or a big result) is not in the value store:
+    it expired, or the sender used a store this process does not see."""
+
+
 class EnvelopeVersionError(EnvelopeError):
     """A message written by a release with another wire format: intact, but not readable
     here. Unlike a garbled or forged message it is kept for a reader that understands it."""

@@ -69,6 +69,7 @@ from steersman.errors import (
     EnvelopeError,
     EnvelopeVersionError,
     SerializationError,
+    ValueMissingError,
 )
 from steersman.flag import PLAIN_EVENT_CHECK_SECONDS, Flag
 from steersman.task import Failure, Result, decode, encode, lanes_of
@@ -575,7 +576,7 @@ class RedisBroker:
             return body
         return hmac.digest(self.key, body, "sha256") + body
 
-    def _open(self, data: bytes) -> Result:
+    def _open(self, data: bytes, load_values: bool = True) -> Result:
         if self.key is not None:
             signature, body = data[:SIGNATURE_BYTES], data[SIGNATURE_BYTES:]
             expected = hmac.digest(self.key, body, "sha256")
@@ -585,6 +586,8 @@ class RedisBroker:
                 )
             data = body
         task = decode(data)
+        if not load_values:
+            return task
         if task.inputs_ref is not None:
             task.inputs = self._load_blob(task.inputs_ref)
             task.inputs_ref = None
@@ -664,14 +667,18 @@ class RedisBroker:
             try:
                 data = (self.value_dir / digest).read_bytes()
             except OSError as error:
-                raise EnvelopeError(
-                    f"value {digest[:12]} is missing from {self.value_dir}: {error}"
+                raise ValueMissingError(
+                    f"value {digest[:12]} is missing from {self.value_dir} ({error.strerror}): "
+                    "every client and worker must name the same shared directory "
+                    "(value_store=, steersman worker --value-store)"
                 ) from None
         else:
             data = self._call("load value", self.redis.get, self._k("blob", digest))
             if data is None:
-                raise EnvelopeError(
-                    f"value {digest[:12]} is no longer in Redis (expired after ttl_seconds?)"
+                raise ValueMissingError(
+                    f"value {digest[:12]} is not in Redis at {self.where}: it expired after "
+                    "ttl_seconds, or its sender kept it in a value_store directory (start "
+                    "workers with --value-store naming that directory)"
                 )
         # The digest sits in the signed envelope, so checking it authenticates the value.
         if hashlib.sha256(data).hexdigest() != digest:
@@ -1046,6 +1053,18 @@ class RedisBroker:
             task_id, data, lost = found[index].decode(), found[index + 1], int(found[index + 2])
             try:
                 task = self._open(data)
+            except ValueMissingError as error:
+                # Authentic, but its inputs cannot be had here: a failed Result that says why,
+                # not a task dropped without a word.
+                logger.error("task %s cannot be run: %s", task_id, error)
+                task = self._open(data, load_values=False)
+                task.inputs_ref = None  # gone: the Result must not point at it
+                task.attempt += lost
+                task.finish_failed(
+                    "exception", "ValueMissing", f"its inputs could not be loaded: {error}"
+                )
+                exhausted.append(task)
+                continue
             except EnvelopeVersionError as error:
                 # Intact, from another release: kept (its envelope stays in the task hash)
                 # for a worker of that release, not run here and not dropped.
@@ -1280,6 +1299,19 @@ class RedisBroker:
         results of ``topic`` that another release wrote is set aside, not dropped."""
         try:
             return self._open(data)
+        except ValueMissingError as error:
+            # The result is authentic but its value is gone: the reader learns why.
+            logger.error("a result's value cannot be loaded: %s", error)
+            result = self._open(data, load_values=False)
+            result.value_ref = None
+            result.set_failure(
+                Failure(
+                    kind="exception",
+                    type="ValueMissing",
+                    message=f"the task ran, but its value could not be loaded: {error}",
+                )
+            )
+            return result
         except EnvelopeVersionError as error:
             if topic is None:  # a failed-task record: it stays where it is
                 logger.error("a result in Redis at %s is not readable here: %s", self.where, error)
