@@ -439,3 +439,23 @@ def test_a_result_whose_value_cannot_be_loaded_yet_is_kept_for_the_next_call(own
     second = queues.get_result(timeout=10)
     assert sorted([first.value, second.value]) == [b"a" * 1000, b"b" * 1000]
     thinker.close()
+
+
+def test_a_cancel_asked_twice_delivers_one_cancelled_result(redis_server):
+    # A cancel whose reply was lost is asked again. Removing the queued task and delivering
+    # its cancelled Result are one step, so the task cannot be left removed with no Result,
+    # and the second call adds nothing.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    task_id = queues.send_inputs(1, 2, method="add")
+    admin = broker(redis_server, client.namespace)
+    assert admin.cancel([task_id]) == (1, 0)
+    assert admin.cancel([task_id]) == (0, 0)
+    result = queues.get_result(timeout=5)
+    assert result.task_id == task_id and result.failure.kind == "cancelled"
+    assert result.args == (1, 2)  # the Result still tells what was cancelled
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    assert [r.task_id for r in admin.failed()] == [task_id]
+    for b in (admin, client):
+        b.close()

@@ -334,10 +334,10 @@ return 1
 """
 
 _CANCEL = """
--- ARGV: ns, ttl, running ('1': also flag running tasks), id1..idN
+-- ARGV: ns, id1..idN. Takes the queued ones out of their lanes; returns their envelopes.
 local ns = ARGV[1]
-local queued, running = {}, {}
-for i = 4, #ARGV do
+local queued = {}
+for i = 2, #ARGV do
   local id = ARGV[i]
   local lane = redis.call('HGET', ns .. ':laneof', id)
   if lane and redis.call('LREM', ns .. ':lane:' .. lane, 0, id) > 0 then
@@ -345,9 +345,39 @@ for i = 4, #ARGV do
     redis.call('HDEL', ns .. ':task', id)
     redis.call('HDEL', ns .. ':laneof', id)
     redis.call('HDEL', ns .. ':lost', id)
-  elseif ARGV[3] == '1' and redis.call('HEXISTS', ns .. ':task', id) == 1 then
+  end
+end
+return queued
+"""
+
+_CANCEL_DELIVER = """
+-- ARGV: ns, ttl, now, then (id, topic, queue, envelope of its cancelled Result or '') per
+-- task. A queued task leaves its lane and its Result is delivered in the same step, so a
+-- crash or a call repeated after a lost reply cannot leave it removed without a Result.
+-- Tasks not queued (running) are flagged for their worker to stop.
+local ns, ttl, now = ARGV[1], ARGV[2], ARGV[3]
+local queued, running = {}, {}
+for i = 4, #ARGV, 4 do
+  local id, topic, queue, envelope = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  local lane = redis.call('HGET', ns .. ':laneof', id)
+  if lane and redis.call('LREM', ns .. ':lane:' .. lane, 0, id) > 0 then
+    if envelope ~= '' and redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
+      local results = ns .. ':result:' .. topic
+      redis.call('RPUSH', results, envelope)
+      redis.call('EXPIRE', results, ttl)
+      redis.call('HINCRBY', ns .. ':stats', 'failed:' .. queue, 1)
+      redis.call('EXPIRE', ns .. ':stats', ttl)
+      redis.call('SET', ns .. ':failed:' .. id, envelope, 'EX', ttl)
+      redis.call('ZADD', ns .. ':failedidx', now, id)
+      redis.call('EXPIRE', ns .. ':failedidx', ttl)
+    end
+    redis.call('HDEL', ns .. ':task', id)
+    redis.call('HDEL', ns .. ':laneof', id)
+    redis.call('HDEL', ns .. ':lost', id)
+    queued[#queued + 1] = id
+  elseif redis.call('HEXISTS', ns .. ':task', id) == 1 then
     redis.call('SADD', ns .. ':cancel', id)
-    redis.call('EXPIRE', ns .. ':cancel', ARGV[2])
+    redis.call('EXPIRE', ns .. ':cancel', ttl)
     running[#running + 1] = id
   end
 end
@@ -529,6 +559,7 @@ class RedisBroker:
             "take_results": _TAKE_RESULTS,
             "release_results": _RELEASE_RESULTS,
             "cancel": _CANCEL,
+            "cancel_deliver": _CANCEL_DELIVER,
             "cancelled_held": _CANCELLED_HELD,
             "purge": _PURGE,
             "revive": _REVIVE,
@@ -1122,21 +1153,18 @@ class RedisBroker:
             self._mine.discard(task.task_id)
 
     def cancel_queued(self, task_ids: set[str]) -> list[Result]:
-        queued, _ = self._cancel(task_ids, running=False)
-        return queued
-
-    def _cancel(self, task_ids: Iterable[str], running: bool) -> tuple[list[Result], list[str]]:
+        """Take the tasks among ``task_ids`` that wait in a lane out of it, without a Result
+        (a thinker stopping early forgets them); return them."""
         ids = list(task_ids)
         if not ids:
-            return [], []
-        queued, flagged = self._run("cancel", self.ttl_seconds, "1" if running else "0", *ids)
+            return []
         tasks = []
-        for data in queued:
+        for data in self._run("cancel", *ids):
             try:
                 tasks.append(self._open(data))
             except EnvelopeError as error:
                 logger.error("cancelled a task whose envelope is not readable: %s", error)
-        return tasks, [i.decode() for i in flagged]
+        return tasks
 
     def queue_depths(self) -> dict[str, int]:
         prefix = self._k("lane", "")
@@ -1333,10 +1361,27 @@ class RedisBroker:
         """Cancel tasks wherever they are: queued ones get a ``cancelled`` Result at once,
         running ones are stopped by their worker at its next heartbeat. Returns the counts
         ``(queued, running)``."""
-        queued, running = self._cancel(task_ids, running=True)
-        for task in queued:
-            task.finish_failed("cancelled", "Cancelled", "cancelled while queued")
-        self.put_results(queued)
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return 0, 0
+        # The cancelled Results are made (and signed) here from the tasks' envelopes; the
+        # script uses those of the tasks it finds queued.
+        envelopes = self._call("read tasks", self.redis.hmget, self._k("task"), ids)
+        args: list[Any] = [self.ttl_seconds, time.time()]
+        for task_id, data in zip(ids, envelopes, strict=True):
+            topic, queue, sealed = "default", "default", b""
+            if data is not None:
+                try:
+                    task = self._open(data, load_values=False)
+                except EnvelopeError as error:
+                    logger.error(
+                        "cancelling task %s, whose envelope is not readable: %s", task_id, error
+                    )
+                else:
+                    task.finish_failed("cancelled", "Cancelled", "cancelled while queued")
+                    topic, queue, sealed = task.topic, task.queue, self._seal(task)
+            args += [task_id, topic, queue, sealed]
+        queued, running = self._run("cancel_deliver", *args)
         return len(queued), len(running)
 
     def purge(self, queue: str) -> int:
