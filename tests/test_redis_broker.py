@@ -11,7 +11,14 @@ import redis
 
 import methods
 from conftest import wait_until
-from steersman import ConfigurationError, Queues, ResultTimeout, SteersmanError, WorkerPool
+from steersman import (
+    ConfigurationError,
+    Queues,
+    ResultTimeout,
+    SerializationError,
+    SteersmanError,
+    WorkerPool,
+)
 from steersman.brokers.redis import RedisBroker
 
 
@@ -458,4 +465,23 @@ def test_a_cancel_asked_twice_delivers_one_cancelled_result(redis_server):
         queues.get_result(timeout=0.5)
     assert [r.task_id for r in admin.failed()] == [task_id]
     for b in (admin, client):
+        b.close()
+
+
+def test_a_batch_that_fails_midway_keeps_counting_what_was_queued(redis_server):
+    # The second chunk holds an input over the size limit: the first chunk is already
+    # queued, so its results are expected (counted), and the error says so.
+    client = broker(redis_server, max_payload_bytes=4096, inline_limit=1024)
+    queues = Queues(methods=["echo"], broker=client)
+    inputs = [(i,) for i in range(2000)] + [(b"x" * 8192,)]
+    with pytest.raises(SerializationError) as caught:
+        queues.send_batch(inputs, method="echo")
+    assert "2000 of the 2001 tasks were queued" in str(caught.value.__notes__)
+    assert queues.active_count() == 2000
+    worker = broker(redis_server, client.namespace)
+    with WorkerPool(Queues(methods=["echo"], broker=worker), [methods.echo], mode="thread"):
+        values = sorted(queues.get_result(timeout=30).value for _ in range(2000))
+    assert values == list(range(2000))
+    assert queues.active_count() == 0
+    for b in (worker, client):
         b.close()

@@ -219,7 +219,11 @@ for counter, n in pairs(counts) do
   counted = true
 end
 if counted then redis.call('EXPIRE', stats, ttl) end
-if any_failed then redis.call('EXPIRE', ns .. ':failedidx', ttl) end
+if any_failed then
+  -- the index outlives no failure it lists (each record expires after ttl)
+  redis.call('ZREMRANGEBYSCORE', ns .. ':failedidx', '-inf', tonumber(now) - tonumber(ttl))
+  redis.call('EXPIRE', ns .. ':failedidx', ttl)
+end
 for i = 1, #finished, 4000 do
   local j = math.min(i + 3999, #finished)
   redis.call('HDEL', ns .. ':task', unpack(finished, i, j))
@@ -369,6 +373,7 @@ for i = 4, #ARGV, 4 do
       redis.call('EXPIRE', ns .. ':stats', ttl)
       redis.call('SET', ns .. ':failed:' .. id, envelope, 'EX', ttl)
       redis.call('ZADD', ns .. ':failedidx', now, id)
+      redis.call('ZREMRANGEBYSCORE', ns .. ':failedidx', '-inf', tonumber(now) - tonumber(ttl))
       redis.call('EXPIRE', ns .. ':failedidx', ttl)
     end
     redis.call('HDEL', ns .. ':task', id)
@@ -775,21 +780,33 @@ class RedisBroker:
         return self.put_tasks([task])[0]
 
     def put_tasks(self, tasks: Sequence[Result], chunk: int = 2000) -> list[tuple[str, bool]]:
-        """Queue many tasks in few round trips; acknowledged, all of them, when this returns."""
+        """Queue many tasks in few round trips; acknowledged, all of them, when this returns.
+
+        If a chunk fails (an input too big, Redis away) after earlier ones were queued, the
+        error carries their outcomes as ``submitted``: those tasks will run."""
         out: list[tuple[str, bool]] = []
         for start in range(0, len(tasks), chunk):
             part = tasks[start : start + chunk]
-            fields: list[bytes] = []
-            for t in part:
-                for value in (
-                    t.task_id.encode(),
-                    t.lane.encode(),
-                    t.queue.encode(),
-                    self._seal(t),
-                    (t.key or "").encode(),
-                ):
-                    fields += (_length(len(value)), value)
-            firsts = self._run("submit", self.ttl_seconds, b"".join(fields))
+            try:
+                fields: list[bytes] = []
+                for t in part:
+                    for value in (
+                        t.task_id.encode(),
+                        t.lane.encode(),
+                        t.queue.encode(),
+                        self._seal(t),
+                        (t.key or "").encode(),
+                    ):
+                        fields += (_length(len(value)), value)
+                firsts = self._run("submit", self.ttl_seconds, b"".join(fields))
+            except BaseException as error:
+                if out:  # earlier chunks are queued: say so, so they are not forgotten
+                    error.submitted = out  # type: ignore[attr-defined]
+                    error.add_note(
+                        f"{len(out)} of the {len(tasks)} tasks were queued before this error; "
+                        "their results will arrive"
+                    )
+                raise
             for task, first in zip(part, firsts, strict=True):
                 first = first.decode() if isinstance(first, bytes) else first
                 out.append((first, first == task.task_id))
@@ -1119,6 +1136,7 @@ class RedisBroker:
                 pipe.lrem(self._k("held", self.consumer), 1, task_id)
                 pipe.hdel(self._k("task"), task_id)
                 pipe.hdel(self._k("laneof"), task_id)
+                pipe.hdel(self._k("lost"), task_id)
                 self._call("reject", pipe.execute)
                 continue
             task.attempt += lost

@@ -253,8 +253,14 @@ class Queues:
                 self._outstanding[task.task_id] = task.topic
         try:
             outcomes = self.broker.put_tasks(tasks)
-        except BaseException:
-            for task in tasks:
+        except BaseException as error:
+            # A broker that queued part of a batch before failing says how much: those
+            # results will come, so they stay counted.
+            done = getattr(error, "submitted", [])
+            for task, (_, accepted) in zip(tasks, done, strict=False):
+                if not accepted:
+                    self._forget(task.task_id)
+            for task in tasks[len(done) :]:
                 self._forget(task.task_id)
             raise
         ids = []
