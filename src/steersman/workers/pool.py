@@ -890,8 +890,12 @@ class _ProcessWorkers:
                 )
             if running.task_id in worker.cancelled:
                 pass
-            elif worker.cancelled and worker.timed_out is None:
-                # Stopped to cancel a task it held ahead: not the running task's fault.
+            elif (worker.cancelled or worker.timed_out is not None) and (
+                running.task_id != worker.timed_out
+            ):
+                # Stopped for another task, not this one: to cancel a task it held ahead, or
+                # for a task past its timeout that finished just before the kill. Not the
+                # running task's fault: it goes back untouched.
                 self._hand_back(running)
             else:
                 self._settle_lost(worker, running, how)
