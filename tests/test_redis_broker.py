@@ -185,12 +185,12 @@ def test_a_result_fetch_asked_again_under_its_number_returns_the_same_results(re
         task.set_value(sum(task.args))
         worker.put_result(task)
     args = (client.consumer, "default", 64, 60)
-    first = client._run("take_results", *args, 7)
-    again = client._run("take_results", *args, 7)
+    first = client._run("take_results", *args, 7)[1:]  # after the reaped-or-not flag
+    again = client._run("take_results", *args, 7)[1:]
     assert len(first) == 3 and again == first
     # The next number acknowledges them: nothing comes back.
-    assert client._run("take_results", *args, 8) == []
-    assert client._run("take_results", *args, 8) == []
+    assert client._run("take_results", *args, 8)[1:] == []
+    assert client._run("take_results", *args, 8)[1:] == []
     worker.close()
     client.close()
 
@@ -371,33 +371,43 @@ def test_a_live_client_whose_lease_ran_out_gets_each_result_once(redis_server, c
     raw = redis.Redis.from_url(redis_server.url)
     raw.delete(f"{thinker.namespace}:hb:{thinker.consumer}")
     assert worker.reap(force=True) == 5
+    queues.send_inputs(5, 0, method="add")
+    deliver_values(worker, [5])  # another result arrives meanwhile
+    # The link is back; the thinker reads on before any heartbeat of its own.
     with caplog.at_level(logging.WARNING):
-        thinker._beat()  # the link is back: the client learns it was reaped
-    assert "lease ran out" in caplog.text
-    rest = [queues.get_result(timeout=5).value for _ in range(4)]
-    assert sorted([first.value, *rest]) == [0, 1, 2, 3, 4]
+        rest = [queues.get_result(timeout=5).value for _ in range(5)]
+    assert sorted([first.value, *rest]) == [0, 1, 2, 3, 4, 5]
+    assert "went back to the topic" in caplog.text
     with pytest.raises(ResultTimeout):
         queues.get_result(timeout=0.5)
     worker.close()
     thinker.close()
 
 
-def test_clients_do_not_reap_each_other_right_after_redis_restarts(own_redis):
-    # After a restart every heartbeat key is gone (they expire, or were never saved): a
-    # client must not take the tasks of the live ones before they could beat again.
-    lease = 10.0
-    worker = broker(own_redis, lease_seconds=lease)
-    queues = Queues(methods=["add"], broker=broker(own_redis, worker.namespace))
+def test_nobody_is_reaped_for_a_lease_after_every_lease_lapsed(redis_server):
+    # After Redis was down (or restarted) for longer than a lease, every heartbeat key has
+    # lapsed, live clients' too: nobody may take anybody's tasks until the live ones could
+    # beat again. Then reaping resumes, and takes only the dead one's tasks.
+    lease = 1.0
+    client = broker(redis_server, lease_seconds=lease)
+    queues = Queues(methods=["add"], broker=client)
     queues.send_inputs(1, 1, method="add")
+    worker = broker(redis_server, client.namespace, lease_seconds=lease)
     assert worker.get_task(["default"], timeout=5) is not None
-    own_redis.kill()
-    own_redis.start()
-    raw = redis.Redis.from_url(own_redis.url)
-    raw.delete(f"{worker.namespace}:hb:{worker.consumer}")  # as if it had lapsed meanwhile
-    other = broker(own_redis, worker.namespace, lease_seconds=lease)
-    assert other.reap() == 0  # Redis is up for less than two leases
-    assert raw.llen(f"{worker.namespace}:held:{worker.consumer}") == 1
-    for b in (worker, other, queues.broker):
+    worker._heart_stop.set()  # the worker does not come back
+    worker._heart.join()
+    client._ensure_heartbeat("client")  # the client lives on, beating every third of a lease
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = client.namespace
+    raw.delete(f"{ns}:alive", f"{ns}:hb:{worker.consumer}", f"{ns}:hb:{client.consumer}")
+    client._beat()  # the first beat after the outage
+    assert raw.exists(f"{ns}:noreap")
+    assert client.reap() == 0  # the worker has had no chance to beat yet
+    assert raw.llen(f"{ns}:held:{worker.consumer}") == 1
+    # The client's own heartbeat reaps once the window ends: the dead worker's task goes on.
+    wait_until(lambda: raw.llen(f"{ns}:lane:default") == 1, 10, "the task to be handed on")
+    assert raw.llen(f"{ns}:held:{worker.consumer}") == 0
+    for b in (worker, client):
         b.close()
 
 
@@ -448,10 +458,9 @@ def test_a_result_whose_value_cannot_be_loaded_yet_is_kept_for_the_next_call(own
     thinker.close()
 
 
-def test_a_cancel_asked_twice_delivers_one_cancelled_result(redis_server):
-    # A cancel whose reply was lost is asked again. Removing the queued task and delivering
-    # its cancelled Result are one step, so the task cannot be left removed with no Result,
-    # and the second call adds nothing.
+def test_cancelling_twice_delivers_one_cancelled_result_that_tells_what_it_was(redis_server):
+    # Removing a queued task and delivering its cancelled Result are one script; asking
+    # again (as a call retried after a lost reply does) adds nothing.
     client = broker(redis_server)
     queues = Queues(methods=["add"], broker=client)
     task_id = queues.send_inputs(1, 2, method="add")
@@ -483,5 +492,27 @@ def test_a_batch_that_fails_midway_keeps_counting_what_was_queued(redis_server):
         values = sorted(queues.get_result(timeout=30).value for _ in range(2000))
     assert values == list(range(2000))
     assert queues.active_count() == 0
+    for b in (worker, client):
+        b.close()
+
+
+def test_one_key_twice_in_one_batch_queues_one_task(redis_server):
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    ids = queues.send_batch([(1, 1), (2, 2)], method="add", keys=["same", "same"])
+    assert ids[0] == ids[1]
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.llen(f"{client.namespace}:lane:default") == 1
+    assert queues.active_count() == 1
+    client.close()
+
+
+def test_a_fetch_that_may_not_wait_still_looks_at_a_lane_seen_empty(redis_server):
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, client.namespace)
+    assert worker.get_tasks(["default"], 5, timeout=0) == []
+    queues.send_batch([(i, i) for i in range(3)], method="add")
+    assert len(worker.get_tasks(["default"], 5, timeout=0)) == 3
     for b in (worker, client):
         b.close()

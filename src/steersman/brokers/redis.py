@@ -112,7 +112,8 @@ while pos <= #packed do
   if key ~= '' then
     local record = ns .. ':key:' .. key
     first = redis.call('GET', record)
-    if first and first ~= id and redis.call('HEXISTS', ns .. ':task', first) == 0
+    if first and first ~= id and not new[first]
+        and redis.call('HEXISTS', ns .. ':task', first) == 0
         and redis.call('EXISTS', ns .. ':done:' .. first) == 0 then
       first = false  -- that task was cancelled or purged unrun: the key is free again
     end
@@ -256,10 +257,24 @@ redis.call('LTRIM', ns .. ':bell:' .. ARGV[5], -64, -1)
 return 1
 """
 
+_BEAT = """
+-- ARGV: ns, consumer, lease_ms. Renews the consumer's lease. If nobody in the namespace beat
+-- for a whole lease (Redis was down, or restarted, and every lease lapsed meanwhile), nobody
+-- reaps anybody for one lease: the live clients beat again first.
+local ns, c, ms = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SET', ns .. ':hb:' .. c, '1', 'PX', ms)
+redis.call('SADD', ns .. ':consumers', c)
+if not redis.call('SET', ns .. ':alive', '1', 'PX', ms, 'GET') then
+  redis.call('SET', ns .. ':noreap', '1', 'PX', ms)
+end
+return 1
+"""
+
 _REAP = """
 -- ARGV: ns, lock_ms, force
 local ns = ARGV[1]
-if ARGV[3] ~= '1' and not redis.call('SET', ns .. ':reaplock', '1', 'NX', 'PX', ARGV[2]) then
+if ARGV[3] ~= '1' and (redis.call('EXISTS', ns .. ':noreap') == 1
+    or not redis.call('SET', ns .. ':reaplock', '1', 'NX', 'PX', ARGV[2])) then
   return -1
 end
 local moved = 0
@@ -306,11 +321,17 @@ _TAKE_RESULTS = """
 -- with a new number acknowledges the previous one (its results were all handed out); the
 -- same number again is a retry after a lost reply and returns the same batch.
 local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
+-- The first element of the reply is '1' if the record of this reader's previous fetch is
+-- gone (someone reaped it, and what it had taken went back to the topic), else '0'.
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
 local seq = ns .. ':useq:' .. c .. ':' .. topic
-if redis.call('GET', seq) == ARGV[6] then
-  return redis.call('LRANGE', unacked, 0, -1)
+local previous = redis.call('GET', seq)
+if previous == ARGV[6] then
+  local again = redis.call('LRANGE', unacked, 0, -1)
+  table.insert(again, 1, '0')
+  return again
 end
+local lost = (not previous and ARGV[6] ~= '1') and '1' or '0'
 redis.call('DEL', unacked)
 redis.call('SET', seq, ARGV[6], 'EX', ARGV[5])
 redis.call('SADD', ns .. ':utopics:' .. c, topic)
@@ -318,13 +339,13 @@ redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
 -- LMOVE one at a time rather than LPOP + RPUSH: the AOF then records each move, not each
 -- result's bytes a second time.
 local results = ns .. ':result:' .. topic
-local items = {}
+local items = {lost}
 for _ = 1, tonumber(ARGV[4]) do
   local item = redis.call('LMOVE', results, unacked, 'LEFT', 'RIGHT')
   if not item then break end
   items[#items + 1] = item
 end
-if #items > 0 then redis.call('EXPIRE', unacked, ARGV[5]) end
+if #items > 1 then redis.call('EXPIRE', unacked, ARGV[5]) end
 return items
 """
 
@@ -483,9 +504,10 @@ class _Reader:
         self.lock = threading.Lock()
         self.fetch = 1  # the number of the next fetch; a retry reuses it
         self.drained = False  # the last fetch emptied the topic: block for the next
-        self.handed: set[str] = set()  # ids handed out from the unacknowledged fetch
-        self.skip: set[str] = set()  # ids handed out before a reap gave them back
-        self.reaps_seen = 0  # how many reaps of this client this reader has dealt with
+        # Digests of the envelopes handed out from the unacknowledged fetch, and of those
+        # handed out before a reap gave them back to the topic (not to be handed out again).
+        self.handed: set[bytes] = set()
+        self.skip: set[bytes] = set()
 
 
 class RedisBroker:
@@ -561,6 +583,7 @@ class RedisBroker:
             "deliver": _DELIVER,
             "requeue": _REQUEUE,
             "reap": _REAP,
+            "beat": _BEAT,
             "take_results": _TAKE_RESULTS,
             "release_results": _RELEASE_RESULTS,
             "cancel": _CANCEL,
@@ -571,10 +594,6 @@ class RedisBroker:
         }
         self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
         self._heart: threading.Thread | None = None
-        self._registered = False  # our first heartbeat made us a known consumer
-        self._reaped = 0
-        """Times another client reaped this one (its lease ran out while it lived: a long
-        network cut); readers then drop what went back and was already handed out."""
         self._heart_stop = threading.Event()
         self._heart_lock = threading.Lock()
         self._results_lock = threading.Lock()
@@ -844,25 +863,12 @@ class RedisBroker:
             except Exception as error:  # status is best effort; the lease is not
                 logger.debug("describing a pool failed: %s", error)
         lease_ms = int(self.lease_seconds * 1000)
-        pipe = self.redis.pipeline()
-        pipe.set(self._k("hb", self.consumer), "1", px=lease_ms)
-        pipe.sadd(self._k("consumers"), self.consumer)
+        self._scripts["beat"](keys=[], args=[self.namespace, self.consumer, lease_ms])
         info_key = self._k("info", self.consumer)
+        pipe = self.redis.pipeline()
         pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
         pipe.pexpire(info_key, 3 * lease_ms)
-        added = pipe.execute()[1]
-        if added and self._registered:
-            # We were known, and someone removed us: our lease ran out while we lived, and
-            # what we held went back to be run or read again.
-            self._reaped += 1
-            logger.warning(
-                "this client's lease ran out (was Redis at %s unreachable for over %g s?): "
-                "its tasks and unread results were handed back; results already handed "
-                "out are not delivered again",
-                self.where,
-                self.lease_seconds,
-            )
-        self._registered = True
+        pipe.execute()
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
@@ -896,12 +902,6 @@ class RedisBroker:
         Returns how many tasks and results moved.
         """
         lock_ms = max(1, int(self.lease_seconds * 1000 / 3))
-        if not force:
-            # Right after Redis restarts every heartbeat has lapsed, live clients' too: give
-            # them two leases to beat again before taking anything from anyone.
-            uptime = self.redis.info("server").get("uptime_in_seconds", 0)
-            if uptime < 2 * self.lease_seconds:
-                return 0
         moved = self._scripts["reap"](
             keys=[], args=[self.namespace, lock_ms, "1" if force else "0"]
         )
@@ -1005,7 +1005,8 @@ class RedisBroker:
                 )
                 if tasks:
                     return tasks
-            if single is None or self._seen_empty != single:
+            expired = deadline is not None and time.monotonic() >= deadline
+            if single is None or self._seen_empty != single or expired:
                 found = self._call(
                     "take",
                     self._moving,
@@ -1147,10 +1148,12 @@ class RedisBroker:
                 exhausted.append(task)
                 continue
             tasks.append(task)
+        if exhausted:
+            # First: if this fails, none of the take is ours yet, and the next fetch takes it
+            # all back from the held list (see _unsure).
+            self.put_results(exhausted)
         with self._mine_lock:
             self._mine.update(t.task_id for t in tasks)
-        if exhausted:
-            self.put_results(exhausted)
         return tasks
 
     def requeue(self, task: Result, front: bool = True) -> None:
@@ -1246,15 +1249,6 @@ class RedisBroker:
                     return None
                 continue  # another thread reads this topic now
             try:
-                if reader.reaps_seen != self._reaped:
-                    # Reaped: what we had taken went back to the topic. Read the buffer again
-                    # from there, and do not hand out twice what was handed out already.
-                    reader.reaps_seen = self._reaped
-                    reader.skip |= reader.handed
-                    reader.handed = set()
-                    reader.drained = False
-                    with self._results_lock:
-                        buffer.clear()
                 data = self._next_result(topic, reader, buffer, deadline, stop)
                 if data is None:
                     return None
@@ -1267,10 +1261,11 @@ class RedisBroker:
                         buffer.appendleft(data)
                     raise
                 if result is not None:
-                    if result.task_id in reader.skip:
-                        reader.skip.discard(result.task_id)
+                    digest = hashlib.blake2b(data, digest_size=16).digest()
+                    if digest in reader.skip:  # handed out before a reap gave it back
+                        reader.skip.discard(digest)
                         continue
-                    reader.handed.add(result.task_id)
+                    reader.handed.add(digest)
             finally:
                 reader.lock.release()
             if result is not None:
@@ -1290,8 +1285,7 @@ class RedisBroker:
                 if buffer:
                     return buffer.popleft()
             if not reader.drained:
-                reader.handed = set()  # this fetch acknowledges the previous one
-                items = self._run(
+                reply = self._run(
                     "take_results",
                     self.consumer,
                     topic,
@@ -1299,6 +1293,8 @@ class RedisBroker:
                     self.ttl_seconds,
                     reader.fetch,
                 )
+                self._acknowledged(reader, topic, lost=reply[0] == b"1")
+                items = reply[1:]
                 reader.fetch += 1
                 reader.drained = len(items) < self.result_batch
                 with self._results_lock:
@@ -1313,13 +1309,14 @@ class RedisBroker:
             topics = self._k("utopics", self.consumer)
             ttl = self.ttl_seconds
             block = self._block_seconds(deadline, stop)
-            reader.handed = set()
+            useq = self._k("useq", self.consumer, topic)
             try:
                 replies = self._blocking(
                     stop,
                     [
+                        ("GET", useq),  # gone if someone reaped us (see _acknowledged)
                         ("DEL", unacked),  # acknowledges the previous fetch
-                        ("SET", self._k("useq", self.consumer, topic), reader.fetch, "EX", ttl),
+                        ("SET", useq, reader.fetch, "EX", ttl),
                         ("SADD", topics, topic),
                         ("EXPIRE", topics, ttl),
                         ("BLMOVE", results, unacked, "LEFT", "RIGHT", block),
@@ -1334,11 +1331,29 @@ class RedisBroker:
                 continue
             if replies is None:
                 return None
+            self._acknowledged(reader, topic, lost=replies[0] is None and reader.fetch > 1)
             reader.fetch += 1
-            if replies[4] is not None:
+            if replies[5] is not None:
                 with self._results_lock:
-                    buffer.append(replies[4])
-                reader.drained = replies[6] == 0
+                    buffer.append(replies[5])
+                reader.drained = replies[7] == 0
+
+    def _acknowledged(self, reader: _Reader, topic: str, lost: bool) -> None:
+        """A new fetch acknowledged the previous one. If that one's record was gone, another
+        client had reaped this one (its lease ran out while it lived: a long network cut),
+        and what it had taken went back to the topic: what was handed out already must not
+        be handed out again when it comes back."""
+        if lost and reader.handed:
+            logger.warning(
+                "results of topic %r taken by this client went back to the topic (its lease "
+                "ran out: was Redis at %s out of reach?); %d already handed out are skipped "
+                "when they come again",
+                topic,
+                self.where,
+                len(reader.handed),
+            )
+            reader.skip |= reader.handed
+        reader.handed = set()
 
     def _read_result(self, data: bytes, topic: str | None = None) -> Result | None:
         """The result in ``data``, or None if it is not readable (logged). One read from the

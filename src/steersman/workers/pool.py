@@ -31,11 +31,9 @@ from typing import Any, Literal
 import cloudpickle
 
 from steersman.errors import (
-    BrokerUnavailable,
     ConfigurationError,
     EnvelopeError,
     PoolError,
-    SteersmanError,
 )
 from steersman.queues.base import Queues
 from steersman.task import (
@@ -122,14 +120,15 @@ they held goes to other workers when its lease runs out."""
 
 def persist(what: str, call: Callable[[], Any], give_up: threading.Event) -> Any:
     """Run a broker call that must not be skipped (delivering results, handing tasks back)
-    until it succeeds: a broker away past its deadline makes the thread wait and try again,
+    until it succeeds: a broker away past its deadline, or answering with an error (out of
+    memory, a read-only replica after a failover), makes the thread wait and try again,
     never die holding the tasks. Gives up (returns None) only once ``give_up`` is set; the
     broker's lease then hands what it held to others."""
     delay = 0.5
     while True:
         try:
             return call()
-        except BrokerUnavailable as error:
+        except Exception as error:
             if give_up.is_set():
                 logger.error(
                     "%s: %s; giving up as the pool stops (its tasks run again elsewhere once "
@@ -280,7 +279,7 @@ class _ThreadWorkers:
         while not self.stop_flag.is_set():
             try:
                 task = broker.get_task(pool.lanes, stop=self.stop_flag)
-            except SteersmanError as error:
+            except Exception as error:
                 logger.error("%s cannot take tasks: %s; trying again", pool.name, error)
                 self.stop_flag.wait(1.0)
                 continue
@@ -634,9 +633,11 @@ class _ProcessWorkers:
                 room = self._room()
             try:
                 tasks = self.broker.get_tasks(self.pool.lanes, room, stop=self.stop_flag)
-            except SteersmanError as error:
-                # The broker already waited out its deadline; a pool never gives up.
+            except Exception as error:
+                # The broker waited out its deadline, or answered with an error: a pool never
+                # gives up, but waits a little before it asks again.
                 logger.error("%s cannot take tasks: %s; trying again", self.pool.name, error)
+                self.stop_flag.wait(1.0)
                 continue
             if not tasks:
                 continue
