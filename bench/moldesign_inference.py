@@ -17,20 +17,22 @@ through :func:`~steersman.apps.moldesign.run.run_campaign`:
    features of the *whole* space from this worker's memory, else from
    :class:`~steersman.apps.moldesign.scorers.FeatureCache` (disk, else computed and stored),
    then predicts its chunk with ``infer_features`` (``Scorer.predict``, 10,000 rows at a
-   time).
+   time). Features come row by row (``FeatureRows``): each worker computes only the rows of
+   its chunk it has not got, and stores them in the cache directory for the others and for
+   later runs.
 
 The workers are a real :class:`~steersman.WorkerPool` of ``workers`` processes on the
 embedded broker, as ``run_campaign`` starts them. The only addition is a thin wrapper run on
-the worker around ``infer_space`` that times the ``FeatureCache.get`` call inside it (the
-featurize seconds; the rest of the task is the predict seconds) and reads the worker's own
+the worker around ``infer_space`` that reads how long its features took (``FeatureRows.spent``:
+the featurize seconds; the rest of the task is the predict seconds) and the worker's own
 peak RSS. Three rounds are timed:
 
-- ``cold``: fresh workers, empty cache directory: each worker featurizes the whole space
-  (first-time featurization) and writes the cache;
+- ``cold``: fresh workers, empty cache directory: each worker featurizes its chunk (the
+  workers share the first-time featurization) and stores those rows;
 - ``warm_memory``: the same workers again (what every retrain after the first costs): the
   features are in the workers' memory, so only prediction is left;
 - ``warm_disk``: fresh workers on the filled cache directory (a resumed run): the features
-  are read from the bit-packed ``.npy`` file.
+  are read from the rows the cold round stored.
 
 Target for training (timing only, any deterministic value would do): RDKit's Crippen
 ``MolLogP`` of ``n_train`` molecules of ``examples/moldesign/qm9-1000.smi`` drawn without
@@ -96,39 +98,27 @@ def _peak_rss_mb() -> float:
 
 
 def timed_infer_space(scorer, smiles: list[str], indices: list[int], cache_dir: str):
-    """The app's ``infer_space`` task, with ``FeatureCache.get`` timed (runs on a worker)."""
-    from steersman.apps.moldesign import scorers, thinkers
+    """The app's ``infer_space`` task, with the time its features took (runs on a worker)."""
+    from steersman.apps.moldesign import thinkers
 
     name = f"{cache_dir}:{scorer.featurizer.name}:{len(smiles)}"
-    source = "memory" if name in thinkers._features else None
-    spent = [0.0]
-    probe = 0.0
-    original = scorers.FeatureCache.get
-
-    def timed_get(self, featurizer, space, **kwargs):
-        nonlocal source, probe
-        start = time.perf_counter()
-        source = "disk" if self.path(featurizer, space) is not None else "computed"
-        probe = time.perf_counter() - start  # our look, not the app's: left out of the times
-        start = time.perf_counter()
-        try:
-            return original(self, featurizer, space, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    scorers.FeatureCache.get = timed_get
-    try:
-        start = time.perf_counter()
-        mean, std = thinkers.infer_space(scorer, smiles, indices, cache_dir)
-        task = time.perf_counter() - start - probe
-    finally:
-        scorers.FeatureCache.get = original
+    held = thinkers._features.get(name)
+    before = held.spent if held is not None else 0.0
+    start = time.perf_counter()
+    mean, std = thinkers.infer_space(scorer, smiles, indices, cache_dir)
+    task = time.perf_counter() - start
+    features = thinkers._features[name]
+    if held is not None:
+        source = "memory" if features.spent == before else "memory+computed"
+    else:
+        source = features.source
+    spent = features.spent - before
     info = {
         "pid": os.getpid(),
         "rows": len(indices),
         "features_from": source,
-        "featurize_s": spent[0],
-        "predict_s": task - spent[0],
+        "featurize_s": spent,
+        "predict_s": task - spent,
         "task_s": task,
         "peak_rss_mb": _peak_rss_mb(),
     }

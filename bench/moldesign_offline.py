@@ -11,11 +11,13 @@ selectors:
   none (it failed) costs a simulation and teaches nothing.
 - Starters: the molecules of ``default_rng(seed).permutation(1000)`` in order until 8 have
   values, as ``SingleStepThinker`` takes them (``initial_order``, ``min_training``).
-- Then one pick at a time with one simulation pending: the model is trained on every value
-  measured plus the pending molecule at the mean the model predicted for it when it was
-  picked (the kriging believer), predicts the molecules not yet picked, and the selector
-  picks the next (EI against the best value measured); then the pending result arrives.
-- Figures per seed: simulations started (the pending one included) when the 9th of the true
+- Then one pick at a time with ``--pending`` simulations in flight (default 1; the real
+  campaign with 2 workers behaves like 2): the model is trained on every value measured
+  plus each pending molecule at the mean the model predicted for it when it was picked (the
+  kriging believer), predicts the molecules not yet picked, and the selector picks the next
+  (EI against the best value measured); then, if that makes more than ``--pending`` in
+  flight, the oldest pending result arrives.
+- Figures per seed: simulations started (the pending ones included) when the 9th of the true
   top 10 arrives, stopping at 400; how many of the top 10 are among the first 100
   simulations. Differences against the first strategy are paired by seed.
 
@@ -31,6 +33,7 @@ import json
 import math
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,11 @@ from rich.console import Console
 
 from run import DOC, machine, markdown_table, print_table, write_section
 from steersman.apps.moldesign.recipes import IonizationPotential
-from steersman.apps.moldesign.scorers import FittedTanimotoGP, TanimotoGP
+from steersman.apps.moldesign.scorers import (
+    FittedTanimotoDescriptorGP,
+    FittedTanimotoGP,
+    TanimotoGP,
+)
 from steersman.apps.moldesign.selectors import EISelector, UCBSelector
 from steersman.apps.moldesign.spec import Spec
 
@@ -54,6 +61,11 @@ STRATEGIES = {
     "(2) FittedTanimotoGP + EI": (FittedTanimotoGP, EISelector),
     "(3) FittedTanimotoGP + UCB (β=2)": (FittedTanimotoGP, lambda: UCBSelector(beta=2.0)),
     "(4) TanimotoGP + EI": (TanimotoGP, EISelector),
+    "(5) FittedTanimotoDescriptorGP + EI": (FittedTanimotoDescriptorGP, EISelector),
+    "(6) FittedTanimotoDescriptorGP + EI (k=3)": (
+        FittedTanimotoDescriptorGP,
+        lambda: EISelector(incumbent_rank=3),
+    ),
 }
 
 
@@ -71,9 +83,28 @@ def load() -> tuple[list[str], np.ndarray]:
     return space, truth
 
 
-def campaign(scorer, selector, X: np.ndarray, truth: np.ndarray, top10: set[int], seed: int):
+def campaign(
+    scorer,
+    selector,
+    X: np.ndarray,
+    truth: np.ndarray,
+    top10: set[int],
+    seed: int,
+    pending: int = 1,
+    starters: int = STARTERS,
+):
     """One seed: (simulations when the 9th of the top 10 arrived or None, top 10 in the
-    first ``FLOOR``)."""
+    first ``FLOOR``).
+
+    ``pending`` picks are in flight at a time: each enters training at the mean predicted
+    for it when it was picked (the kriging believer), and the oldest one's result arrives
+    when a new pick makes ``pending`` of them. ``starters`` values are measured before the
+    first model.
+    """
+    if pending < 1:
+        raise ValueError(f"pending must be 1 or more, got {pending}")
+    if starters < 1:
+        raise ValueError(f"starters must be 1 or more, got {starters}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(truth))
     readable = X.any(axis=1)  # the thinker does not rank molecules with no features
@@ -91,28 +122,29 @@ def campaign(scorer, selector, X: np.ndarray, truth: np.ndarray, top10: set[int]
                 to_9 = len(picked)
 
     for index in order:  # starters, until enough values for a model
-        if len(measured) >= STARTERS:
+        if len(measured) >= starters:
             break
         picked.append(int(index))
         arrive(int(index))
-    pending: tuple[int, float] | None = None
+    flight: deque[tuple[int, float]] = deque()  # (molecule, believed value), oldest first
     while len(picked) < CAP and (to_9 is None or len(picked) < FLOOR):
-        rows, values = list(measured), list(truth[measured])
-        if pending is not None:
-            rows.append(pending[0])
-            values.append(pending[1])
+        rows = list(measured) + [i for i, _ in flight]
+        values = list(truth[measured]) + [v for _, v in flight]
         model = scorer.fit(X[rows], np.asarray(values))
         taken = np.zeros(len(truth), dtype=bool)
         taken[picked] = True
         pool = np.flatnonzero(~taken & readable)
         mean, std = model.predict(X[pool])
-        choice = selector.select(mean, std, 1, best=float(truth[measured].max()), rng=rng)[0]
+        observed = truth[measured]
+        choice = selector.select(
+            mean, std, 1, best=float(observed.max()), observed=observed, rng=rng
+        )[0]
         picked.append(int(pool[choice]))
-        if pending is not None:
-            arrive(pending[0])
-        pending = (int(pool[choice]), float(mean[choice]))
-    if pending is not None:
-        arrive(pending[0])
+        if len(flight) == pending:
+            arrive(flight.popleft()[0])
+        flight.append((int(pool[choice]), float(mean[choice])))
+    while flight:
+        arrive(flight.popleft()[0])
     return to_9, len(set(picked[:FLOOR]) & top10)
 
 
@@ -149,10 +181,18 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=100, help="first seed")
     parser.add_argument(
         "--strategies",
-        default="1,2,3,4",
+        default="1,2,3,4,5,6",
         help="comma list of strategy numbers, in this order: " + "; ".join(STRATEGIES),
     )
+    parser.add_argument(
+        "--pending",
+        type=int,
+        default=1,
+        help="simulations in flight at a time (the real campaign with 2 workers acts like 2)",
+    )
     args = parser.parse_args()
+    if args.pending < 1:
+        parser.error(f"--pending: expected 1 or more, got {args.pending}")
     names = list(STRATEGIES)
     numbers = [s.strip() for s in args.strategies.split(",")]
     if not all(n.isdigit() and 1 <= int(n) <= len(names) for n in numbers):
@@ -172,17 +212,19 @@ def main() -> None:
         for name in chosen:
             kind, selector = STRATEGIES[name]
             t0 = time.perf_counter()
-            to_9, at_100 = campaign(kind(), selector(), features[kind], truth, top10, seed)
+            to_9, at_100 = campaign(
+                kind(), selector(), features[kind], truth, top10, seed, pending=args.pending
+            )
             results[name].append((to_9, at_100))
             console.print(
-                f"seed {seed} {name:<33} to 9 of top 10: {to_9 or f'> {CAP}':>5}, "
+                f"seed {seed} {name:<41} to 9 of top 10: {to_9 or f'> {CAP}':>5}, "
                 f"at {FLOOR}: {at_100}, {time.perf_counter() - t0:.1f} s"
             )
     seconds = time.perf_counter() - started
-    report(console, results, len(space), seeds, seconds)
+    report(console, results, len(space), seeds, seconds, args.pending)
 
 
-def report(console, results, size, seeds, seconds) -> None:
+def report(console, results, size, seeds, seconds, pending) -> None:
     headers = [
         "strategy",
         "simulations to 9 of top 10: mean",
@@ -220,10 +262,11 @@ def report(console, results, size, seeds, seconds) -> None:
         "The campaign of the section above, replayed as a plain loop so that many seeds are "
         f"affordable: same space, same truth table, same starters (the seed's random "
         f"permutation in order until {STARTERS} molecules have values), the package's own "
-        "scorers and selectors, the model retrained after every result and the molecule "
-        "still being simulated counted at its predicted mean (the kriging believer), failures "
-        f"counted as simulations, a stop at {CAP}. It does not reproduce the real thinker's "
-        "concurrency: here one pick is pending at a time, where the campaign keeps up to 3 "
+        "scorers and selectors, the model retrained after every result and the molecules "
+        "still being simulated counted at their predicted means (the kriging believer), "
+        f"failures counted as simulations, a stop at {CAP}. It does not reproduce the real "
+        f"thinker's concurrency: here {pending} pick(s) are pending at a time, where the "
+        "campaign keeps up to 3 "
         "in flight (2 workers plus `queue_ahead=1`), ranks a batch of 8 at each retraining "
         "and may pick from a model a result or two behind; nor does it model time (how long "
         "simulations and retraining take). Its figures are therefore close to, not equal "

@@ -15,8 +15,11 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from steersman.apps.moldesign.scorers import (
+    GP_DESCRIPTORS,
     Bootstrap,
     FeatureCache,
+    FingerprintsWithDescriptors,
+    FittedTanimotoDescriptorGP,
     FittedTanimotoGP,
     GPRScorer,
     KNNScorer,
@@ -77,6 +80,7 @@ SCORERS = {
     "forest": lambda: RandomForestScorer(n_estimators=50),
     "tanimoto-gp": lambda: TanimotoGP(),
     "fitted-tanimoto-gp": lambda: FittedTanimotoGP(),
+    "fitted-tanimoto-descriptor-gp": lambda: FittedTanimotoDescriptorGP(),
     "bootstrap-knn": lambda: Bootstrap(KNNScorer(n_neighbors=3), n_models=4),
     "bootstrap-gp": lambda: Bootstrap(TanimotoGP(), n_models=4),
 }
@@ -243,6 +247,30 @@ def test_feature_cache_computes_once_and_returns_the_same_features(tmp_path, smi
     assert len(list((tmp_path / "features").iterdir())) == 2
 
 
+def test_feature_rows_are_shared_between_workers_and_runs(tmp_path, smiles):
+    # Two workers each ask for half of the space: each computes only its half and stores it;
+    # a fresh one (a resumed run) reads every row from what they stored, computing nothing.
+    featurizer = MorganFingerprints(counts=True)
+    space = smiles[:60]
+    expected = featurizer(space)
+    first = FeatureCache(tmp_path).rows(featurizer, space)
+    second = FeatureCache(tmp_path).rows(featurizer, space)
+    assert first.source == second.source == "computed"
+    assert np.array_equal(first.get(range(30)), expected[:30])
+    assert first.known.sum() == 30  # only what was asked for
+    assert np.array_equal(second.get(range(30, 60)), expected[30:])
+    assert second.known.sum() == 30
+    third = FeatureCache(tmp_path).rows(featurizer, space)
+    assert third.source == "disk" and third.known.all()
+    spent = third.spent
+    assert np.array_equal(third.get([59, 0, 7]), expected[[59, 0, 7]])
+    assert third.spent == spent  # nothing computed
+    # A worker that comes to hold every row stores the whole matrix as FeatureCache does.
+    assert np.array_equal(first.get(range(60)), expected)
+    assert FeatureCache(tmp_path).path(featurizer, space) is not None
+    assert np.array_equal(FeatureCache(tmp_path).get(featurizer, space), expected)
+
+
 def test_feature_cache_keeps_descriptors_dense(tmp_path, smiles):
     cache = FeatureCache(tmp_path)
     featurize = RDKitDescriptors(["MolWt", "TPSA", "MolLogP"])
@@ -362,6 +390,30 @@ def test_ei_prefers_a_chance_of_improving_over_a_sure_tie():
     values = selector.acquisition(mean, std, best=1.0, rng=np.random.default_rng())
     assert values[1] == pytest.approx(expected)
     assert values[0] == 0.0
+
+
+def test_ei_with_incumbent_rank_improves_on_the_kth_best_observed():
+    mean = np.array([1.0, 0.6, 0.5])
+    std = np.array([0.0, 0.2, 0.01])
+    observed = np.array([2.0, 0.2, 1.0, 0.7])
+    ranked = EISelector(incumbent_rank=3)
+    picks = ranked.select(mean, std, 3, best=2.0, observed=observed)
+    # Against the third best (0.7) the sure 1.0 gains 0.3 and comes first; against the best
+    # (2.0) it gains nothing and the uncertain 0.6 comes first.
+    plain = EISelector().acquisition(mean, std, best=0.7, rng=np.random.default_rng())
+    assert picks.tolist() == np.argsort(-plain, kind="stable").tolist()
+    assert picks[0] == 0
+    assert EISelector().select(mean, std, 1, best=2.0, observed=observed)[0] == 1
+    # With fewer values than the rank, the lowest observed is the incumbent.
+    few = EISelector(incumbent_rank=10).select(mean, std, 3, observed=observed)
+    lowest = EISelector().acquisition(mean, std, best=0.2, rng=np.random.default_rng())
+    assert few.tolist() == np.argsort(-lowest, kind="stable").tolist()
+    with pytest.raises(ValueError, match="needs observed"):
+        ranked.select(mean, std, 1, best=2.0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="incumbent_rank"):
+            EISelector(incumbent_rank=bad)
+    assert EISelector(incumbent_rank=np.int64(3)).incumbent_rank == 3
 
 
 def test_thompson_is_reproducible_per_seed_and_varies_across_seeds():
@@ -556,3 +608,47 @@ def test_fingerprint_radius_may_be_a_numpy_integer_and_old_pickles_load(smiles):
          "_generator": None}
     )  # fmt: skip
     assert np.array_equal(old(smiles[:5]), MorganFingerprints(counts=True)(smiles[:5]))
+
+
+def test_fingerprints_with_descriptors_keep_both_exactly(smiles):
+    featurizer = FingerprintsWithDescriptors()
+    X = featurizer([*smiles[:20], "not a smiles"])
+    fingerprints, descriptors = featurizer.split(X)
+    assert X.dtype == np.uint8 and featurizer.blocks == 3
+    assert np.array_equal(fingerprints[:20], featurizer.fingerprints(smiles[:20]))
+    expected = RDKitDescriptors(GP_DESCRIPTORS)(smiles[:20]).astype(np.float32)
+    assert np.array_equal(descriptors[:20], expected)
+    assert not X[20].any()  # an unreadable SMILES is all zeros, as with other featurizers
+    assert featurizer.name == "morgan-r1+2+3-2048-counts+" + RDKitDescriptors(GP_DESCRIPTORS).name
+    assert featurizer([]).shape == (0, X.shape[1])
+    with pytest.raises(ValueError, match="uint8"):
+        featurizer.split(X.astype(np.float32))
+
+
+def test_fitted_descriptor_gp_chooses_among_kernels_by_evidence(smiles, polar_area):
+    gp = FittedTanimotoDescriptorGP()
+    X, y = gp.featurizer(smiles[:80]), polar_area[:80]
+    fitted = gp.fit(X, y)
+    # 4 Tanimoto kernels, each alone or with one of 3 descriptor length scales; 6 noises.
+    assert len(fitted.evidence_) == 4 * 4 * 6
+    best = max(fitted.evidence_, key=fitted.evidence_.get)
+    assert (fitted.kernel_, fitted.lengthscale_, fitted.noise_) == best
+    # Polar surface area is a descriptor: the descriptors win.
+    assert fitted.lengthscale_ is not None
+    # Without the descriptors (length scale None) the evidence is the parent's.
+    parent = FittedTanimotoGP().fit(gp.featurizer.split(X)[0], y)
+    for (kernel, noise), evidence in parent.evidence_.items():
+        assert fitted.evidence_[kernel, None, noise] == pytest.approx(evidence)
+    mean, std = fitted.predict(X[:5])
+    assert np.allclose(mean, y[:5], atol=0.1 * y.std()) and (std >= 0).all()
+
+
+def test_fitted_descriptor_gp_checks_its_arguments():
+    with pytest.raises(ValueError, match="FingerprintsWithDescriptors"):
+        FittedTanimotoDescriptorGP(featurizer=MorganFingerprints())
+    with pytest.raises(ValueError, match="lengthscales"):
+        FittedTanimotoDescriptorGP(lengthscales=())
+    with pytest.raises(ValueError, match="lengthscales"):
+        FittedTanimotoDescriptorGP(lengthscales=(1.0, 0.0))
+    with pytest.raises(ValueError, match="descriptors must be"):
+        FingerprintsWithDescriptors(descriptors=MorganFingerprints())

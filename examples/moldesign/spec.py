@@ -8,7 +8,7 @@ Check it first with:  steersman run examples/moldesign/spec.py:spec --dry-run
 from pathlib import Path
 
 from steersman.apps.moldesign.recipes import IonizationPotential
-from steersman.apps.moldesign.scorers import FittedTanimotoGP
+from steersman.apps.moldesign.scorers import FittedTanimotoDescriptorGP
 from steersman.apps.moldesign.selectors import EISelector
 from steersman.apps.moldesign.spec import Spec, Starter, Workers
 
@@ -17,8 +17,11 @@ HERE = Path(__file__).resolve().parent
 spec = Spec(
     search_space=HERE / "qm9-1000.smi",
     recipes=[IonizationPotential(level="gfn2", vertical=False)],
-    scorer=FittedTanimotoGP(),  # kernel and noise fitted to the data at every retraining
-    selector=EISelector(),
+    # Tanimoto kernel on fingerprints, alone or averaged with one on RDKit descriptors: the
+    # kernel, its length scale and the noise are fitted to the data at every retraining.
+    scorer=FittedTanimotoDescriptorGP(),
+    # Expected improvement over the third best value measured: aims at the best few.
+    selector=EISelector(incumbent_rank=3),
     starter=Starter(count=8, how="random", seed=0),
     num_to_run=150,
     workers=Workers(simulation=2, ml=1),

@@ -73,24 +73,25 @@ def train_model(scorer, smiles: list[str], targets: list[float]):
     return scorers.train(scorer, smiles, np.asarray(targets, dtype=float))
 
 
-_features: dict[str, np.ndarray] = {}
+_features: dict[str, Any] = {}
 
 
 def infer_space(scorer, smiles: list[str], indices: list[int], cache_dir: str):
     """Predict mean and std for ``smiles[indices]`` (a task for an ML worker).
 
-    The features of the whole search space are computed once per run directory and kept
-    on disk and in this worker's memory, so each inference only predicts.
+    The features of the search space are computed once per run directory, each row when a
+    worker first needs it, and kept on disk and in this worker's memory, so each inference
+    after the first only predicts.
     """
     from steersman.apps.moldesign import scorers
 
     name = f"{cache_dir}:{scorer.featurizer.name}:{len(smiles)}"
     features = _features.get(name)
     if features is None:
-        features = scorers.FeatureCache(cache_dir).get(scorer.featurizer, smiles)
         _features.clear()
-        _features[name] = features
-    rows = features[np.asarray(indices, dtype=int)]
+        features = _features[name] = scorers.FeatureCache(cache_dir).rows(scorer.featurizer, smiles)
+    # Only the rows of this chunk are computed: the ML workers share the first featurizing.
+    rows = features.get(indices)
     mean, std = scorers.infer_features(scorer, rows)
     mean, std = np.array(mean, dtype=float), np.array(std, dtype=float)
     # A SMILES RDKit cannot read featurizes to zeros; predict nothing for it rather than the
@@ -516,8 +517,8 @@ class SingleStepThinker(MoleculeThinker):
         features = None
         if isinstance(selector, DiversityGreedySelector):
             features = self.fingerprints(pool)
-        observed = self.observed() if k > 1 else None
         values = datasets[0][1]
+        observed = self.observed() if k > 1 else np.asarray(values, dtype=float)
         picks = selector.select(
             mean[:, 0] if k == 1 else mean,
             std[:, 0] if k == 1 else std,
