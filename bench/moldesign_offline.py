@@ -11,8 +11,8 @@ selectors:
   none (it failed) costs a simulation and teaches nothing.
 - Starters: the molecules of ``default_rng(seed).permutation(1000)`` in order until 8 have
   values, as ``SingleStepThinker`` takes them (``initial_order``, ``min_training``).
-- Then one pick at a time with ``--pending`` simulations in flight (default 1; the real
-  campaign with 2 workers behaves like 2): the model is trained on every value measured
+- Then one pick at a time with ``--pending`` simulations in flight (default 2, as the real
+  campaign with 2 workers behaves): the model is trained on every value measured
   plus each pending molecule at the mean the model predicted for it when it was picked (the
   kriging believer), predicts the molecules not yet picked, and the selector picks the next
   (EI against the best value measured); then, if that makes more than ``--pending`` in
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--pending",
         type=int,
-        default=1,
+        default=2,
         help="simulations in flight at a time (the real campaign with 2 workers acts like 2)",
     )
     args = parser.parse_args()
