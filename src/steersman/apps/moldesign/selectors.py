@@ -140,9 +140,15 @@ class Selector:
     ) -> np.ndarray:
         """Pick ``n`` (1 <= n <= N) candidates from checked inputs, best first.
 
-        The default takes the ``n`` highest values of :meth:`acquisition`.
+        The default takes the ``n`` highest values of :meth:`acquisition`, scored against
+        :meth:`incumbent`.
         """
-        return _top(self.acquisition(mean, std, best=best, rng=rng), n)
+        incumbent = self.incumbent(best, observed)
+        return _top(self.acquisition(mean, std, best=incumbent, rng=rng), n)
+
+    def incumbent(self, best: float | None, observed: np.ndarray | None) -> float | None:
+        """The value :meth:`acquisition` measures improvement against: ``best``."""
+        return best
 
     def acquisition(
         self, mean: np.ndarray, std: np.ndarray, *, best: float | None, rng: np.random.Generator
@@ -284,26 +290,17 @@ class EISelector(Selector):
         self.xi = xi
         self.incumbent_rank = rank
 
-    def choose(
-        self,
-        mean: np.ndarray,
-        std: np.ndarray,
-        n: int,
-        *,
-        best: float | None,
-        features: np.ndarray | None,
-        observed: np.ndarray | None,
-        rng: np.random.Generator,
-    ) -> np.ndarray:
-        if self.incumbent_rank > 1:
-            if observed is None or len(observed) == 0:
-                raise ValueError(
-                    f"EISelector(incumbent_rank={self.incumbent_rank}) needs observed: the "
-                    "values measured so far"
-                )
-            ranked = np.sort(observed)[::-1]
-            best = float(ranked[min(self.incumbent_rank, len(ranked)) - 1])
-        return _top(self.acquisition(mean, std, best=best, rng=rng), n)
+    def incumbent(self, best: float | None, observed: np.ndarray | None) -> float | None:
+        """``best``, or with ``incumbent_rank=k`` the k-th highest of ``observed``."""
+        if self.incumbent_rank == 1:
+            return best
+        if observed is None or len(observed) == 0:
+            raise ValueError(
+                f"EISelector(incumbent_rank={self.incumbent_rank}) needs observed: the "
+                "values measured so far"
+            )
+        ranked = np.sort(observed)[::-1]
+        return float(ranked[min(self.incumbent_rank, len(ranked)) - 1])
 
     def acquisition(
         self, mean: np.ndarray, std: np.ndarray, *, best: float | None, rng: np.random.Generator
