@@ -197,11 +197,12 @@ class QueueAdapter(Adapter):
         return task_id, self._take(task_id)
 
     def gather(self, handles, timeout):
-        wanted = set(handles)
+        missing = set(handles) - self.stash.keys()
         deadline = time.monotonic() + timeout
-        while not wanted.issubset(self.stash):
+        while missing:  # one set operation per result: the check must not grow with n
             task_id, value = self.next_result(max(0.01, deadline - time.monotonic()))
             self.stash[task_id] = value
+            missing.discard(task_id)
         return [self._take(h) for h in handles]
 
 
