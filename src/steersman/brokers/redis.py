@@ -10,6 +10,9 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
                          (at most 64); a worker of one lane blocks on the lane itself
 - ``{ns}:held:C``      list  ids client C has taken and not finished (running or prefetched)
 - ``{ns}:hb:C``        string, expires after the lease: client C is alive
+- ``{ns}:alive``       string, expires after a lease: some client beat within the last one
+- ``{ns}:noreap``      string, expires after a lease: nobody had beaten for a whole lease
+                         (Redis was away): nobody reaps until the live ones beat again
 - ``{ns}:info:C``      hash, expires: host, pid, role and current task of C, for ``status``
 - ``{ns}:consumers``   set   clients that may hold tasks or unacknowledged results
 - ``{ns}:result:T``    list  signed envelopes of results on topic T
