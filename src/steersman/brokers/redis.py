@@ -83,6 +83,9 @@ HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
 MiB = 1024 * 1024
 BLOB_CACHE_BYTES = 256 * MiB
+REAP_PERIOD = 1.0
+"""Seconds between looks for lapsed leases (one live client looks each time): a dead client's
+tasks move on within about this long after its lease runs out."""
 """At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
 
@@ -875,10 +878,17 @@ class RedisBroker:
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
+        # It beats every third of a lease, and looks for lapsed leases more often (every
+        # REAP_PERIOD, live clients taking turns), so a dead client's tasks move on within
+        # about REAP_PERIOD of its lease running out rather than a third of a lease.
         failing = False
-        while not self._heart_stop.wait(self.lease_seconds / 3):
+        period = min(self.lease_seconds / 3, REAP_PERIOD)
+        next_beat = 0.0
+        while not self._heart_stop.wait(period):
             try:
-                self._beat()
+                if time.monotonic() >= next_beat:
+                    self._beat()
+                    next_beat = time.monotonic() + self.lease_seconds / 3 - period / 2
                 self.reap()
                 if self.cancel_handlers:
                     ids = self._scripts["cancelled_held"](
@@ -901,10 +911,10 @@ class RedisBroker:
     def reap(self, force: bool = False) -> int:
         """Hand back the tasks and unacknowledged results of clients whose lease ran out.
 
-        Live clients take turns (one reaps per third of a lease); ``force`` reaps now.
-        Returns how many tasks and results moved.
+        Live clients take turns (one reaps per :data:`REAP_PERIOD`, or third of a lease if
+        shorter); ``force`` reaps now. Returns how many tasks and results moved.
         """
-        lock_ms = max(1, int(self.lease_seconds * 1000 / 3))
+        lock_ms = max(1, int(min(self.lease_seconds / 3, REAP_PERIOD) * 1000 * 0.9))
         moved = self._scripts["reap"](
             keys=[], args=[self.namespace, lock_ms, "1" if force else "0"]
         )
