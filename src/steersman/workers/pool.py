@@ -30,11 +30,7 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from steersman.errors import (
-    ConfigurationError,
-    EnvelopeError,
-    PoolError,
-)
+from steersman.errors import ConfigurationError, EnvelopeError, PoolError
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
@@ -82,6 +78,11 @@ def _method_table(methods: Mapping[str, Callable[..., Any]] | Iterable[Callable[
 def retry_or_deliver(queues: Queues, result: Result) -> None:
     """Deliver a final result, unless it failed in a way the task asked to retry."""
     settle(queues, [result])
+
+
+def settle_partial(queues: Queues, result: Result) -> None:
+    """Pass on a partial result (a generator's yield) as it is."""
+    queues.broker.put_result(result)
 
 
 def settle(queues: Queues, results: list[Result]) -> None:
@@ -290,16 +291,13 @@ class _ThreadWorkers:
                 task, pool.methods.get(task.method), worker_id, own_process=False
             ):
                 result.timestamps.result_queued = time.time()
-                if result.complete:
-                    persist(
-                        "delivering a result",
-                        lambda r=result: retry_or_deliver(pool.queues, r),
-                        self.abandon,
-                    )
-                else:
-                    persist(
-                        "delivering a result", lambda r=result: broker.put_result(r), self.abandon
-                    )
+                # A final result may be retried; a partial one is passed on as it is.
+                deliver = retry_or_deliver if result.complete else settle_partial
+                persist(
+                    "delivering a result",
+                    lambda r=result, send=deliver: send(pool.queues, r),
+                    self.abandon,
+                )
 
     def stop(self, timeout: float) -> None:
         self.stop_flag.set()

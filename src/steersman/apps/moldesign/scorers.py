@@ -38,6 +38,7 @@ import operator
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -1128,8 +1129,6 @@ class FeatureRows:
     """
 
     def __init__(self, cache: FeatureCache, featurizer: Featurizer, smiles: Sequence[str]):
-        import time
-
         started = time.perf_counter()
         self.cache = cache
         self.featurizer = featurizer
@@ -1165,8 +1164,6 @@ class FeatureRows:
 
     def get(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """The features of the rows ``indices``, computing (and storing) those not known."""
-        import time
-
         wanted = np.asarray(indices, dtype=int)
         missing = np.unique(wanted[~self.known[wanted]])
         if len(missing):
