@@ -185,12 +185,36 @@ def test_a_result_fetch_asked_again_under_its_number_returns_the_same_results(re
         task.set_value(sum(task.args))
         worker.put_result(task)
     args = (client.consumer, "default", 64, 60)
-    first = client._run("take_results", *args, 7)[1:]  # after the reaped-or-not flag
-    again = client._run("take_results", *args, 7)[1:]
+    first = client._run("take_results", *args, 7, 0)[1:]  # after the reaped-or-not flag
+    again = client._run("take_results", *args, 7, 0)[1:]
     assert len(first) == 3 and again == first
     # The next number acknowledges them: nothing comes back.
-    assert client._run("take_results", *args, 8)[1:] == []
-    assert client._run("take_results", *args, 8)[1:] == []
+    assert client._run("take_results", *args, 8, 3)[1:] == []
+    assert client._run("take_results", *args, 8, 3)[1:] == []
+    worker.close()
+    client.close()
+
+
+def test_a_result_a_lost_wait_moved_comes_with_the_next_fetch(redis_server):
+    # A blocking wait moves a result into the reader's unacknowledged list, then the
+    # connection drops before its acknowledgement step ran: the next fetch must acknowledge
+    # only what the previous fetch handed out and return the moved result, not drop it.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    for i in range(4):
+        queues.send_inputs(i, 1, method="add")
+    for task in worker.get_tasks(["default"], 4, timeout=5):
+        task.set_value(sum(task.args))
+        worker.put_result(task)
+    args = (client.consumer, "default", 3, 60)
+    assert len(client._run("take_results", *args, 1, 0)[1:]) == 3
+    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
+    moved = client.redis.lmove(f"{client.namespace}:result:default", unacked, "LEFT", "RIGHT")
+    assert client._run("take_results", *args, 2, 3)[1:] == [moved]
+    assert client.redis.lrange(unacked, 0, -1) == [moved]
+    assert client._run("take_results", *args, 3, 1)[1:] == []
+    assert client.redis.llen(unacked) == 0
     worker.close()
     client.close()
 

@@ -184,6 +184,23 @@ end
 return out
 """
 
+_TAKEN = """
+-- ARGV: ns, consumer, lane. Sent in the same round trip right after this consumer's BLMOVE
+-- from the lane into its held list: reads what that moved (the last id held), so a worker
+-- woken by a task has it whole without asking again. Also says how many wait in the lane.
+local ns = ARGV[1]
+local held = ns .. ':held:' .. ARGV[2]
+local left = redis.call('LLEN', ns .. ':lane:' .. ARGV[3])
+local id = redis.call('LINDEX', held, -1)
+if not id then return {false, false, '0', left} end
+local envelope = redis.call('HGET', ns .. ':task', id)
+if not envelope then
+  redis.call('LREM', held, -1, id)  -- cancelled or finished meanwhile
+  return {id, false, '0', left}
+end
+return {id, envelope, redis.call('HGET', ns .. ':lost', id) or '0', left}
+"""
+
 _DELIVER = """
 -- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result.
 -- Expiries, counters and deletions are made once per call, not once per result.
@@ -323,9 +340,11 @@ return moved
 """
 
 _TAKE_RESULTS = """
--- ARGV: ns, consumer, topic, max, ttl, fetch: this reader's number for this fetch. A fetch
--- with a new number acknowledges the previous one (its results were all handed out); the
--- same number again is a retry after a lost reply and returns the same batch.
+-- ARGV: ns, consumer, topic, max, ttl, fetch: this reader's number for this fetch, taken:
+-- how many results its previous fetch moved (all handed out since). A fetch with a new
+-- number acknowledges those (the first `taken` of the unacknowledged list); any after them
+-- were moved by a wait whose reply was lost and come first in this batch. The same number
+-- again is a retry after a lost reply and returns the same batch.
 local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
 -- The first element of the reply is '1' if the record of this reader's previous fetch is
 -- gone (someone reaped it, and what it had taken went back to the topic), else '0'.
@@ -338,21 +357,45 @@ if previous == ARGV[6] then
   return again
 end
 local lost = (not previous and ARGV[6] ~= '1') and '1' or '0'
-redis.call('DEL', unacked)
+local taken = tonumber(ARGV[7])
+if lost == '0' and taken > 0 then redis.call('LTRIM', unacked, taken, -1) end
 redis.call('SET', seq, ARGV[6], 'EX', ARGV[5])
 redis.call('SADD', ns .. ':utopics:' .. c, topic)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
+local items = redis.call('LRANGE', unacked, 0, -1)
+table.insert(items, 1, lost)
 -- LMOVE one at a time rather than LPOP + RPUSH: the AOF then records each move, not each
 -- result's bytes a second time.
 local results = ns .. ':result:' .. topic
-local items = {lost}
-for _ = 1, tonumber(ARGV[4]) do
+for _ = #items, tonumber(ARGV[4]) do
   local item = redis.call('LMOVE', results, unacked, 'LEFT', 'RIGHT')
   if not item then break end
   items[#items + 1] = item
 end
 if #items > 1 then redis.call('EXPIRE', unacked, ARGV[5]) end
 return items
+"""
+
+_RECEIVED = """
+-- ARGV: ns, consumer, topic, fetch, taken, ttl. Sent right after this reader's BLMOVE from
+-- the topic into its unacknowledged list, in the same round trip: acknowledges the previous
+-- fetch (the first `taken` results of the list) and records this one. Made after the move,
+-- these writes reach the append-only file with it, not in a sync of their own while the
+-- result is on its way. Replies: whether the previous fetch's record was gone (reaped), and
+-- how many results wait in the topic.
+local ns, c, topic, fetch, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local unacked = ns .. ':unacked:' .. c .. ':' .. topic
+local seq = ns .. ':useq:' .. c .. ':' .. topic
+local previous = redis.call('GET', seq)
+local lost = (not previous and fetch ~= '1') and 1 or 0
+local taken = tonumber(ARGV[5])
+if lost == 0 and previous ~= fetch and taken > 0 then
+  redis.call('LTRIM', unacked, taken, -1)
+end
+redis.call('SET', seq, fetch, 'EX', ttl)
+redis.call('EXPIRE', ns .. ':utopics:' .. c, ttl)
+redis.call('EXPIRE', unacked, ttl)
+return {lost, redis.call('LLEN', ns .. ':result:' .. topic)}
 """
 
 _RELEASE_RESULTS = """
@@ -509,6 +552,7 @@ class _Reader:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.fetch = 1  # the number of the next fetch; a retry reuses it
+        self.taken = 0  # how many results the last fetch moved (the next one acknowledges)
         self.drained = False  # the last fetch emptied the topic: block for the next
         # Digests of the envelopes handed out from the unacknowledged fetch, and of those
         # handed out before a reap gave them back to the topic (not to be handed out again).
@@ -586,11 +630,13 @@ class RedisBroker:
         scripts = {
             "submit": _SUBMIT,
             "take": _TAKE,
+            "taken": _TAKEN,
             "deliver": _DELIVER,
             "requeue": _REQUEUE,
             "reap": _REAP,
             "beat": _BEAT,
             "take_results": _TAKE_RESULTS,
+            "received": _RECEIVED,
             "release_results": _RELEASE_RESULTS,
             "cancel": _CANCEL,
             "cancel_deliver": _CANCEL_DELIVER,
@@ -925,12 +971,17 @@ class RedisBroker:
         return max(moved, 0)
 
     def _blocking(
-        self, stop: threading.Event | None, commands: Sequence[tuple[Any, ...]]
+        self,
+        stop: threading.Event | None,
+        commands: Sequence[tuple[Any, ...]],
+        errors: bool = False,
     ) -> list[Any] | None:
         """Send ``commands`` (one of them blocks) in one round trip on a pooled connection.
 
         A :class:`Flag` ``stop`` ends the block at once with ``CLIENT UNBLOCK``, so a wait
         needs no wake list and no polling. Returns the replies, or None if ``stop`` was set.
+        With ``errors``, a command's error reply is returned in its place, not raised, so
+        the other replies are not lost with it.
         """
         pool = self.redis.connection_pool
         conn = pool.get_connection()
@@ -942,7 +993,15 @@ class RedisBroker:
             if stop is not None and stop.is_set():
                 return None
             conn.send_packed_command(conn.pack_commands(commands))
-            return [conn.read_response() for _ in commands]
+            if not errors:
+                return [conn.read_response() for _ in commands]
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as error:
+                    replies.append(error)
+            return replies
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next user
             raise
@@ -1041,19 +1100,35 @@ class RedisBroker:
             if single is None:
                 self._call("wait", self._blocking, stop, [("BLPOP", *bells, block)], give_up=stop)
                 continue
+            taken = self._scripts["taken"]
             replies = self._call(
                 "wait",
                 self._moving,
                 self._blocking,
                 stop,
-                [("BLMOVE", single, held, "LEFT", "RIGHT", block)],
+                [
+                    ("BLMOVE", single, held, "LEFT", "RIGHT", block),
+                    ("EVALSHA", taken.sha, 0, self.namespace, self.consumer, lanes[0]),
+                ],
+                True,
                 give_up=stop,
             )
             task_id = replies[0] if replies else None
+            if isinstance(task_id, redis.ResponseError):
+                raise task_id
             if task_id is not None:
-                found, left = self._unsure(
-                    self._call, "read task", self._read_held, [task_id], single, give_up=stop
-                )
+                read = replies[1]
+                if isinstance(read, redis.ResponseError) or read[0] != task_id:
+                    # The script was not loaded (Redis restarted) or read something else:
+                    # read the task on its own.
+                    if isinstance(read, redis.exceptions.NoScriptError):
+                        self._call("load script", self.redis.script_load, _TAKEN, give_up=stop)
+                    found, left = self._unsure(
+                        self._call, "read task", self._read_held, [task_id], single, give_up=stop
+                    )
+                else:
+                    found = [] if read[1] is None else read[:3]
+                    left = read[3]
                 self._seen_empty = single if left == 0 else None
                 tasks = self._unsure(self._accept, found)
                 if tasks:
@@ -1305,10 +1380,12 @@ class RedisBroker:
                     self.result_batch,
                     self.ttl_seconds,
                     reader.fetch,
+                    reader.taken,
                 )
                 self._acknowledged(reader, topic, lost=reply[0] == b"1")
                 items = reply[1:]
                 reader.fetch += 1
+                reader.taken = len(items)
                 reader.drained = len(items) < self.result_batch
                 with self._results_lock:
                     buffer.extend(items)
@@ -1318,24 +1395,35 @@ class RedisBroker:
             ):
                 return None
             unacked = self._k("unacked", self.consumer, topic)
-            results = self._k("result", topic)
-            topics = self._k("utopics", self.consumer)
-            ttl = self.ttl_seconds
-            block = self._block_seconds(deadline, stop)
-            useq = self._k("useq", self.consumer, topic)
+            received = self._scripts["received"]
             try:
                 replies = self._blocking(
                     stop,
                     [
-                        ("GET", useq),  # gone if someone reaped us (see _acknowledged)
-                        ("DEL", unacked),  # acknowledges the previous fetch
-                        ("SET", useq, reader.fetch, "EX", ttl),
-                        ("SADD", topics, topic),
-                        ("EXPIRE", topics, ttl),
-                        ("BLMOVE", results, unacked, "LEFT", "RIGHT", block),
-                        ("EXPIRE", unacked, ttl),
-                        ("LLEN", results),
+                        # Changes nothing (so syncs nothing) once the topic is listed, as
+                        # the first fetch (always the script) did; here for after a reap.
+                        ("SADD", self._k("utopics", self.consumer), topic),
+                        (
+                            "BLMOVE",
+                            self._k("result", topic),
+                            unacked,
+                            "LEFT",
+                            "RIGHT",
+                            self._block_seconds(deadline, stop),
+                        ),
+                        (
+                            "EVALSHA",
+                            received.sha,
+                            0,
+                            self.namespace,
+                            self.consumer,
+                            topic,
+                            reader.fetch,
+                            reader.taken,
+                            self.ttl_seconds,
+                        ),
                     ],
+                    True,
                 )
             except (redis.ConnectionError, redis.TimeoutError):
                 # The move may have happened: ask again under the same fetch number through
@@ -1344,12 +1432,25 @@ class RedisBroker:
                 continue
             if replies is None:
                 return None
-            self._acknowledged(reader, topic, lost=replies[0] is None and reader.fetch > 1)
+            item, ack = replies[1], replies[2]
+            for reply in (replies[0], item):
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+            if isinstance(ack, redis.ResponseError):
+                # Not loaded (Redis restarted meanwhile): the script fetch sorts it out,
+                # under the same number, returning what the move took.
+                if isinstance(ack, redis.exceptions.NoScriptError):
+                    self._call("load script", self.redis.script_load, _RECEIVED)
+                    reader.drained = False
+                    continue
+                raise ack
+            self._acknowledged(reader, topic, lost=ack[0] == 1)
             reader.fetch += 1
-            if replies[5] is not None:
+            reader.taken = 0 if item is None else 1
+            if item is not None:
                 with self._results_lock:
-                    buffer.append(replies[5])
-                reader.drained = replies[7] == 0
+                    buffer.append(item)
+                reader.drained = ack[1] == 0
 
     def _acknowledged(self, reader: _Reader, topic: str, lost: bool) -> None:
         """A new fetch acknowledged the previous one. If that one's record was gone, another
