@@ -45,11 +45,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server of the tests' own, on a free port, with AOF on."""
+    """A real redis-server of the tests' own, on a free port, with AOF on, synced at every
+    write (``fsync="always"``) or once a second (``"everysec"``)."""
 
-    def __init__(self, directory) -> None:
+    def __init__(self, directory, fsync: str = "always") -> None:
         self.port = free_port()
         self.directory = directory
+        self.fsync = fsync
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
@@ -68,7 +70,7 @@ class RedisServer:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                self.fsync,
                 "--dir",
                 str(self.directory),
             ],
@@ -113,11 +115,12 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server for one test, which the test may kill and restart."""
+def own_redis(tmp_path, request):
+    """A redis-server for one test, which the test may kill and restart; its AOF fsync
+    policy is the test's parameter when given (``indirect=True``), else ``always``."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed; `make test` installs it")
-    server = RedisServer(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", getattr(request, "param", "always"))
     server.directory.mkdir()
     server.start()
     yield server

@@ -131,6 +131,7 @@ def best_peer(reports_by_key, workload, field, higher_is_better):
 
 def ratios(reports_by_key, lease: float) -> list[str]:
     ours = reports_by_key.get("steersman-redis", [])
+    everysec = reports_by_key.get("steersman-redis-everysec", [])
     lines = []
 
     def line(label, workload, field, higher, fmt, unit=""):
@@ -139,10 +140,14 @@ def ratios(reports_by_key, lease: float) -> list[str]:
         if mine is None or peer is None:
             return f"{label}: not computed (steersman Redis or every peer failed)"
         ratio = mine / peer if peer else float("inf")
-        return (
+        text = (
             f"{label}: steersman Redis {format(mine, fmt)}{unit} vs best peer "
             f"{format(peer, fmt)}{unit} ({name}) = **{ratio:.2f}×**"
         )
+        other = median_of(everysec, workload, field)
+        if other is not None and peer:
+            text += f"; with fsync everysec {format(other, fmt)}{unit} = **{other / peer:.2f}×**"
+        return text
 
     lines.append(line("(a) no-op throughput", "throughput", "throughput", True, ",.0f", "/s"))
     lines.append(line("(b) round trip p50", "roundtrip", "p50", False, ".2f", " ms"))
@@ -262,7 +267,9 @@ def write_report(
         "--concurrency 2`. The peers on Redis (RQ, Celery, Colmena) and the echo get a "
         "redis-server of their own at Redis's defaults (no AOF): their defaults, and no fsync "
         "on each write, which would cost them far more than steersman (one script per step). "
-        "The second steersman Redis row is the same setup on such a default Redis. In the "
+        "The second steersman Redis row is the same setup with the AOF synced once a second "
+        "(`appendfsync everysec`): it survives a crash of Redis (fault test (b) runs with "
+        "both policies), not a power loss. In the "
         "first two, (e) kills the worker's process that runs the task: the standalone worker "
         "sees it die and runs the task again at once. The third has two standalone workers "
         "of one process each and (e) kills the whole worker (its session), as a lost host "

@@ -70,7 +70,7 @@ def child(key: str, out: Path, workdir: Path, skip: list[str]) -> None:
             from redis_broker import Server  # the redis-server of bench/redis_broker.py
 
             # steersman's rows as its fault tests run; the peers at Redis's defaults.
-            server = Server(durable=cls.redis_aof)
+            server = Server(fsync=cls.redis_fsync)
             url = server.url
             report["redis"] = server.client.info("server")["redis_version"]
         system = cls(workdir, url)
