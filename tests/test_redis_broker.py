@@ -540,3 +540,38 @@ def test_a_fetch_that_may_not_wait_still_looks_at_a_lane_seen_empty(redis_server
     assert len(worker.get_tasks(["default"], 5, timeout=0)) == 3
     for b in (worker, client):
         b.close()
+
+
+def test_a_worker_process_delivers_a_lone_result_itself_and_once(redis_server):
+    # One task at a time: the process that ran it delivers its result (one hop fewer), the
+    # pool frees the slot from its note, and nothing is delivered twice or left held.
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    with WorkerPool(queues, [methods.add], workers=1) as pool:
+        for i in range(5):
+            queues.send_inputs(i, 1, method="add")
+            assert queues.get_result(timeout=30).value == i + 1
+        # The thinker may read the last result before the pool reads the last note.
+        wait_until(lambda: pool._impl.delivered_by_workers == 5, 10, "the workers' notes")
+        with pytest.raises(ResultTimeout):
+            queues.get_result(timeout=0.5)
+        assert client.redis.llen(f"{client.namespace}:held:{client.consumer}") == 0
+        assert not client._mine
+    client.close()
+
+
+def test_a_worker_process_that_cannot_deliver_hands_its_result_to_the_pool(redis_server):
+    # Redis out of the worker process's reach: it gives up at once (the pool's process,
+    # which waits for Redis as long as it takes, delivers instead), not after a timeout.
+    from conftest import free_port
+    from steersman.task import Result, dumps, new_task_id
+    from steersman.workers.pool import _deliver_directly
+
+    spec = broker(redis_server).direct_delivery()
+    spec["url"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    direct = RedisBroker.for_delivery(spec)
+    result = Result(task_id=new_task_id(), method="add", inputs=dumps(((1, 1), {})))
+    result.set_value(2)
+    started = time.monotonic()
+    assert _deliver_directly(direct, result) is False
+    assert time.monotonic() - started < 5

@@ -83,6 +83,9 @@ HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
 MiB = 1024 * 1024
 BLOB_CACHE_BYTES = 256 * MiB
+DIRECT_DELIVERY_TIMEOUT = 10.0
+"""Seconds a worker process waits for Redis to answer a delivery of its own before it hands
+the result to its pool instead."""
 REAP_PERIOD = 1.0
 """Seconds between looks for lapsed leases (one live client looks each time): a dead client's
 tasks move on within about this long after its lease runs out."""
@@ -616,10 +619,7 @@ class RedisBroker:
         self.value_dir = Path(value_store) if value_store is not None else None
         if self.value_dir is not None:
             self.value_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.redis = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
-        except ValueError as error:
-            raise ConfigurationError(f"bad Redis URL {url!r}: {error}") from None
+        self._connect()
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.role = "client"
         self.describers: list[Callable[[], dict[str, Any]]] = []
@@ -627,24 +627,6 @@ class RedisBroker:
         self.cancel_handlers: list[Callable[[list[str]], None]] = []
         """Worker pools are told here which held tasks someone asked to cancel."""
         self.started = time.time()
-        scripts = {
-            "submit": _SUBMIT,
-            "take": _TAKE,
-            "taken": _TAKEN,
-            "deliver": _DELIVER,
-            "requeue": _REQUEUE,
-            "reap": _REAP,
-            "beat": _BEAT,
-            "take_results": _TAKE_RESULTS,
-            "received": _RECEIVED,
-            "release_results": _RELEASE_RESULTS,
-            "cancel": _CANCEL,
-            "cancel_deliver": _CANCEL_DELIVER,
-            "cancelled_held": _CANCELLED_HELD,
-            "purge": _PURGE,
-            "revive": _REVIVE,
-        }
-        self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
         self._heart: threading.Thread | None = None
         self._heart_stop = threading.Event()
         self._heart_lock = threading.Lock()
@@ -666,6 +648,67 @@ class RedisBroker:
         self._blobs_size = 0
         self._blobs_lock = threading.Lock()
         self._closed = False
+
+    def _connect(self, socket_timeout: float | None = None) -> None:
+        try:
+            self.redis = redis.Redis.from_url(
+                self.url,
+                socket_keepalive=True,
+                health_check_interval=30,
+                socket_timeout=socket_timeout,
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"bad Redis URL {self.url!r}: {error}") from None
+        scripts = {
+            "submit": _SUBMIT,
+            "take": _TAKE,
+            "taken": _TAKEN,
+            "deliver": _DELIVER,
+            "requeue": _REQUEUE,
+            "reap": _REAP,
+            "beat": _BEAT,
+            "take_results": _TAKE_RESULTS,
+            "received": _RECEIVED,
+            "release_results": _RELEASE_RESULTS,
+            "cancel": _CANCEL,
+            "cancel_deliver": _CANCEL_DELIVER,
+            "cancelled_held": _CANCELLED_HELD,
+            "purge": _PURGE,
+            "revive": _REVIVE,
+        }
+        self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
+
+    # ------------------------------------------------------------ delivery from workers
+    def direct_delivery(self) -> dict[str, Any]:
+        """What a worker process of a pool on this client needs to deliver its results to
+        Redis itself, into this client's records (see :meth:`for_delivery`)."""
+        return {
+            "url": self.url,
+            "namespace": self.namespace,
+            "consumer": self.consumer,
+            "hmac_key": self.key,
+            "ttl_seconds": self.ttl_seconds,
+            "inline_limit": self.inline_limit,
+            "max_payload_bytes": self.max_payload_bytes,
+            "value_store": None if self.value_dir is None else str(self.value_dir),
+        }
+
+    @classmethod
+    def for_delivery(cls, spec: dict[str, Any]) -> RedisBroker:
+        """A broker that delivers results as the client of ``spec`` (its held tasks, its
+        records), failing at once rather than waiting for Redis: the caller then hands the
+        result to that client, which waits as long as it takes."""
+        spec = dict(spec)
+        consumer = spec.pop("consumer")
+        broker = cls(**spec, insecure=True, connect_timeout=0)
+        broker.consumer = consumer
+        broker._connect(socket_timeout=DIRECT_DELIVERY_TIMEOUT)
+        return broker
+
+    def settled_elsewhere(self, task_ids: Iterable[str]) -> None:
+        """Tasks of ours whose results a worker process delivered itself."""
+        with self._mine_lock:
+            self._mine.difference_update(task_ids)
 
     # --------------------------------------------------------------------------- keys
     def _k(self, *parts: str) -> str:

@@ -3,7 +3,9 @@
 A process pool runs two threads in the client process. The *feeder* takes a task from the
 broker only when a worker has room for it and writes it down that worker's pipe; the
 *collector* waits on every worker's pipe and process sentinel at once (no polling), delivers
-results, and notices a dead worker the moment its process ends. A task held by a dead worker
+results, and notices a dead worker the moment its process ends. On a remote broker a worker
+process delivers a result itself when no other task waits for it (one hop fewer on the way
+to the thinker), and tells the collector so. A task held by a dead worker
 is run again on a fresh process, up to its ``max_retries``; then it fails with a reason that
 says so. A task past its ``timeout`` has its process killed and fails as ``timeout``.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cloudpickle
+import msgspec
 
 from steersman.errors import ConfigurationError, EnvelopeError, PoolError
 from steersman.queues.base import Queues
@@ -85,19 +88,25 @@ def settle_partial(queues: Queues, result: Result) -> None:
     queues.broker.put_result(result)
 
 
+def wants_retry(result: Result) -> bool:
+    """Whether a result is a failure its task asked to be run again after."""
+    failure = result.failure
+    return (
+        result.complete
+        and failure is not None
+        and failure.kind in ("exception", "timeout")
+        and result.retry_on_exception
+        and result.attempt <= result.max_retries
+    )
+
+
 def settle(queues: Queues, results: list[Result]) -> None:
     """Deliver results in one call to the broker; requeue those that failed in a way their
     task asked to retry."""
     deliver = []
     for result in results:
         failure = result.failure
-        if (
-            result.complete
-            and failure is not None
-            and failure.kind in ("exception", "timeout")
-            and result.retry_on_exception
-            and result.attempt <= result.max_retries
-        ):
+        if wants_retry(result):
             logger.info(
                 "task %s (%s) failed on attempt %d (%s); retrying",
                 result.task_id,
@@ -393,14 +402,48 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: bytes, label: str):
-    """Entry point of a worker process: read batches of tasks, write results, until told to stop."""
+DELIVERED = b"\x00"
+"""First byte of a worker's note that it delivered a result to the broker itself (a batch of
+results, msgpack, never starts with it)."""
+_note = msgspec.msgpack.Encoder()
+_note_decoder = msgspec.msgpack.Decoder(tuple[str, float | None])
+
+
+def _deliver_directly(direct: Any, result: Result) -> bool:
+    """Deliver a final result straight to the broker from the worker process: the pool's
+    process, which would deliver it otherwise, is one hop and one wake-up fewer on the way
+    to the thinker. Any trouble returns False and the result takes the usual way; if the
+    delivery landed after all, the broker's once-only record keeps it from counting twice."""
+    try:
+        direct.put_results([result])
+    except Exception:
+        return False
+    return True
+
+
+def _worker_main(
+    conn: multiprocessing.connection.Connection,
+    methods_blob: bytes,
+    label: str,
+    direct_spec: dict[str, Any] | None = None,
+):
+    """Entry point of a worker process: read batches of tasks, write results, until told to stop.
+
+    Given ``direct_spec`` (a remote broker's :meth:`direct_delivery`), a final result that
+    needs no retry is delivered from here when no other task waits for this process (when
+    tasks wait, the pool's process delivers many in one call), and the pool gets a short note.
+    """
     # Ctrl-C and SIGTERM are the parent's to handle: it lets running tasks finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
+    direct = None
+    if direct_spec is not None:
+        from steersman.brokers.redis import RedisBroker
+
+        direct = RedisBroker.for_delivery(direct_spec)
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -417,14 +460,32 @@ def _worker_main(conn: multiprocessing.connection.Connection, methods_blob: byte
                 f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr
             )
             continue
-        for task in tasks:
+        for index, task in enumerate(tasks):
             task.timestamps.picked_up = picked_up
             # Each result leaves before the next task starts: the pool then knows that the
             # first task it still counts as in flight is the one running, and blames a
             # crash or a timeout on the right task.
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
-                conn.send_bytes(encode_batch([result]))
+                if (
+                    direct is not None
+                    and result.complete
+                    and not wants_retry(result)
+                    and index == len(tasks) - 1
+                    and not conn.poll(0)
+                    and _deliver_directly(direct, result)
+                ):
+                    conn.send_bytes(DELIVERED + _note.encode((task.task_id, result.time_running)))
+                else:
+                    conn.send_bytes(encode_batch([result]))
+
+
+@dataclass
+class _Finished:
+    """A task a worker process finished and delivered itself."""
+
+    task_id: str
+    time_running: float | None
 
 
 @dataclass(eq=False)
@@ -456,6 +517,10 @@ class _ProcessWorkers:
         self.broker = pool.queues.broker
         self.context = multiprocessing.get_context(pool.start_method)
         self.methods_blob = cloudpickle.dumps(pool.methods)
+        # A remote broker lets worker processes deliver results themselves (see _worker_main).
+        spec = getattr(self.broker, "direct_delivery", None)
+        self.direct_spec: dict[str, Any] | None = spec() if spec is not None else None
+        self.delivered_by_workers = 0  # results the worker processes delivered themselves
         self.lock = threading.Condition()
         self.workers: list[_Worker] = []
         self.stop_flag = _new_flag()
@@ -524,7 +589,7 @@ class _ProcessWorkers:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
         process = self.context.Process(
             target=_worker_main,
-            args=(child_conn, self.methods_blob, label),
+            args=(child_conn, self.methods_blob, label, self.direct_spec),
             name=label,
             daemon=True,
         )
@@ -775,7 +840,7 @@ class _ProcessWorkers:
         persist("delivering results", lambda: settle(self.pool.queues, results), self.abandon)
 
     def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
-        finished: list[Result] = []
+        finished: list[Result | _Finished] = []
         try:
             for _ in itertools.count() if limit is None else range(limit):
                 try:
@@ -788,6 +853,12 @@ class _ProcessWorkers:
                     with self.lock:
                         worker.ready = True
                         self.lock.notify_all()
+                    continue
+                if data[:1] == DELIVERED:
+                    task_id, running = _note_decoder.decode(data[1:])
+                    self.broker.settled_elsewhere([task_id])
+                    self.delivered_by_workers += 1
+                    finished.append(_Finished(task_id, running))
                     continue
                 try:
                     results = decode_batch(data)
@@ -803,7 +874,7 @@ class _ProcessWorkers:
         finally:
             self._release(worker, finished)
 
-    def _release(self, worker: _Worker, finished: list[Result]) -> None:
+    def _release(self, worker: _Worker, finished: list[Result | _Finished]) -> None:
         """Free the slots of finished tasks, in one locked step for a whole drained batch."""
         if not finished:
             return
@@ -816,7 +887,7 @@ class _ProcessWorkers:
             self.lock.notify_all()
         finished.clear()
 
-    def _learn_running_time(self, result: Result) -> None:
+    def _learn_running_time(self, result: Result | _Finished) -> None:
         running = result.time_running
         if running is None:
             return
