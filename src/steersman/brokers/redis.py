@@ -46,6 +46,7 @@ replicated primary), not a Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -59,6 +60,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -899,32 +901,49 @@ class RedisBroker:
         If a chunk fails (an input too big, Redis away) after earlier ones were queued, the
         error carries their outcomes as ``submitted``: those tasks will run."""
         out: list[tuple[str, bool]] = []
-        for start in range(0, len(tasks), chunk):
-            part = tasks[start : start + chunk]
-            try:
-                fields: list[bytes] = []
-                for t in part:
-                    for value in (
-                        t.task_id.encode(),
-                        t.lane.encode(),
-                        t.queue.encode(),
-                        self._seal(t),
-                        (t.key or "").encode(),
-                    ):
-                        fields += (_length(len(value)), value)
-                firsts = self._run("submit", self.ttl_seconds, b"".join(fields))
-            except BaseException as error:
-                if out:  # earlier chunks are queued: say so, so they are not forgotten
-                    error.submitted = out  # type: ignore[attr-defined]
-                    error.add_note(
-                        f"{len(out)} of the {len(tasks)} tasks were queued before this error; "
-                        "their results will arrive"
-                    )
-                raise
-            for task, first in zip(part, firsts, strict=True):
-                first = first.decode() if isinstance(first, bytes) else first
-                out.append((first, first == task.task_id))
+        parts = [tasks[start : start + chunk] for start in range(0, len(tasks), chunk)]
+        with contextlib.ExitStack() as stack:
+            ahead = None
+            if len(parts) > 1:
+                # Seal and pack the next chunk while Redis runs this one: the wait for its
+                # reply leaves the interpreter to the packing thread.
+                ahead = stack.enter_context(
+                    ThreadPoolExecutor(1, thread_name_prefix="steersman-pack")
+                )
+                packing = ahead.submit(self._pack, parts[0])
+            for index, part in enumerate(parts):
+                try:
+                    packed = packing.result() if ahead is not None else self._pack(part)
+                    if ahead is not None and index + 1 < len(parts):
+                        packing = ahead.submit(self._pack, parts[index + 1])
+                    firsts = self._run("submit", self.ttl_seconds, packed)
+                except BaseException as error:
+                    if out:  # earlier chunks are queued: say so, so they are not forgotten
+                        error.submitted = out  # type: ignore[attr-defined]
+                        error.add_note(
+                            f"{len(out)} of the {len(tasks)} tasks were queued before this "
+                            "error; their results will arrive"
+                        )
+                    raise
+                for task, first in zip(part, firsts, strict=True):
+                    first = first.decode() if isinstance(first, bytes) else first
+                    out.append((first, first == task.task_id))
         return out
+
+    def _pack(self, tasks: Sequence[Result]) -> bytes:
+        """The submit script's one argument for ``tasks``: id, lane, queue, signed envelope
+        and key of each, each field its length and its bytes."""
+        fields: list[bytes] = []
+        for t in tasks:
+            for value in (
+                t.task_id.encode(),
+                t.lane.encode(),
+                t.queue.encode(),
+                self._seal(t),
+                (t.key or "").encode(),
+            ):
+                fields += (_length(len(value)), value)
+        return b"".join(fields)
 
     def _ensure_heartbeat(self, role: str) -> None:
         with self._heart_lock:

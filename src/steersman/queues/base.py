@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from steersman.brokers.base import Broker
@@ -161,15 +161,9 @@ class Queues:
         key_list = [None] * len(items) if keys is None else list(keys)
         if len(key_list) != len(items):
             raise ConfigurationError(f"send_batch got {len(items)} inputs but {len(key_list)} keys")
+        make = self._task_maker(method=method, topic=topic, **options)
         tasks = [
-            self._make_task(
-                item if isinstance(item, tuple) else (item,),
-                None,
-                method=method,
-                topic=topic,
-                key=key,
-                **options,
-            )
+            make(item if isinstance(item, tuple) else (item,), None, key)
             for item, key in zip(items, key_list, strict=True)
         ]
         return self._submit(tasks)
@@ -178,6 +172,14 @@ class Queues:
         self,
         input_args: tuple[Any, ...],
         input_kwargs: Mapping[str, Any] | None,
+        *,
+        key: str | None = None,
+        **options: Any,
+    ) -> Result:
+        return self._task_maker(**options)(input_args, input_kwargs, key)
+
+    def _task_maker(
+        self,
         *,
         method: str,
         topic: str = DEFAULT_TOPIC,
@@ -188,9 +190,8 @@ class Queues:
         max_retries: int | None = None,
         retry_on_exception: bool = False,
         keep_inputs: bool | None = None,
-        key: str | None = None,
-    ) -> Result:
-        created = time.time()
+    ) -> Callable[[tuple[Any, ...], Mapping[str, Any] | None, str | None], Result]:
+        """Check the options of a submission once; return what makes each of its tasks."""
         queue = self.queue_of(method)
         self._check_topic(topic)
         if priority not in PRIORITIES:
@@ -199,49 +200,57 @@ class Queues:
             )
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
-        if key is not None and not isinstance(key, str):
-            raise ConfigurationError(f"key must be a string, got {type(key).__name__} {key!r}")
         retries = self.max_retries if max_retries is None else max_retries
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"max_retries must be a whole number >= 0, got {retries!r}")
         info = dict(task_info or {})
         check_task_info(info)
-        if resources is None:
-            request = ResourceRequest()
-        elif isinstance(resources, ResourceRequest):
-            request = resources
-        else:
+        if resources is not None and not isinstance(resources, ResourceRequest):
             try:
-                request = ResourceRequest(**resources)
+                ResourceRequest(**resources)
             except TypeError as error:
                 raise ConfigurationError(
                     f"bad resources {dict(resources)!r}: {error}; known fields: node_count, "
                     "cpu_processes, cpu_threads, slots"
                 ) from None
+        keep = self.keep_inputs if keep_inputs is None else keep_inputs
+        what = f"the inputs of a {method!r} task"
 
-        start = time.perf_counter()
-        inputs = dumps(
-            (input_args, dict(input_kwargs or {})), what=f"the inputs of a {method!r} task"
-        )
-        task = Result(
-            task_id=new_task_id(),
-            key=key,
-            method=method,
-            queue=queue,
-            topic=topic,
-            inputs=inputs,
-            keep_inputs=self.keep_inputs if keep_inputs is None else keep_inputs,
-            resources=request,
-            priority=priority,  # type: ignore[arg-type]
-            timeout=timeout,
-            max_retries=retries,
-            retry_on_exception=retry_on_exception,
-            task_info=info,
-        )
-        task.serialization.serialize_inputs = time.perf_counter() - start
-        task.serialization.inputs_bytes = len(inputs)
-        task.timestamps.created = created
-        return task
+        def make(
+            input_args: tuple[Any, ...], input_kwargs: Mapping[str, Any] | None, key: str | None
+        ) -> Result:
+            created = time.time()
+            if key is not None and not isinstance(key, str):
+                raise ConfigurationError(f"key must be a string, got {type(key).__name__} {key!r}")
+            if resources is None:
+                request = ResourceRequest()
+            elif isinstance(resources, ResourceRequest):
+                request = resources
+            else:
+                request = ResourceRequest(**resources)
+            start = time.perf_counter()
+            inputs = dumps((input_args, dict(input_kwargs or {})), what=what)
+            task = Result(
+                task_id=new_task_id(),
+                key=key,
+                method=method,
+                queue=queue,
+                topic=topic,
+                inputs=inputs,
+                keep_inputs=keep,
+                resources=request,
+                priority=priority,  # type: ignore[arg-type]
+                timeout=timeout,
+                max_retries=retries,
+                retry_on_exception=retry_on_exception,
+                task_info=dict(info),  # each its own: a thinker may change one result's
+            )
+            task.serialization.serialize_inputs = time.perf_counter() - start
+            task.serialization.inputs_bytes = len(inputs)
+            task.timestamps.created = created
+            return task
+
+        return make
 
     def _submit(self, tasks: list[Result]) -> list[str]:
         # Count the tasks before the broker sees them, so a result can never arrive "early".
