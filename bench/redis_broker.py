@@ -42,7 +42,7 @@ from run import DOC, Reactor, machine, percentile, write_section
 from steersman import Queues
 from steersman.brokers.redis import RedisBroker
 
-REPEATS = 3
+REPEATS = 5
 N_THROUGHPUT = 20_000
 N_LATENCY = 1000
 N_REACTION = 1000
