@@ -575,3 +575,38 @@ def test_a_worker_process_that_cannot_deliver_hands_its_result_to_the_pool(redis
     started = time.monotonic()
     assert _deliver_directly(direct, result) is False
     assert time.monotonic() - started < 5
+
+
+def test_waits_carry_on_when_redis_has_forgotten_the_scripts(redis_server):
+    # After a restart Redis has no scripts: the ones sent right after a blocking move
+    # (reading the task, acknowledging the reader's fetch) fail with NOSCRIPT. The moved
+    # task and result must still arrive, once.
+    import threading
+
+    client = broker(redis_server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, client.namespace)
+    raw = redis.Redis.from_url(redis_server.url)
+    queues.send_inputs(1, 1, method="add")
+    task = worker.get_task(["default"], timeout=5)
+    task.set_value(2)
+    worker.put_result(task)
+    assert queues.get_result(timeout=5).value == 2  # the reader now waits when it comes back
+    raw.script_flush()
+    taken = []
+    waiting = threading.Thread(target=lambda: taken.append(worker.get_task(["default"], 10)))
+    waiting.start()
+    wait_until(
+        lambda: any(c.get("cmd") == "blmove" for c in raw.client_list()), 10, "a blocked take"
+    )
+    queues.send_inputs(2, 2, method="add")
+    waiting.join(15)
+    assert taken and taken[0].args == (2, 2)
+    taken[0].set_value(4)
+    worker.put_result(taken[0])
+    raw.script_flush()
+    assert queues.get_result(timeout=10).value == 4
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    for b in (worker, client):
+        b.close()
