@@ -610,3 +610,23 @@ def test_waits_carry_on_when_redis_has_forgotten_the_scripts(redis_server):
         queues.get_result(timeout=0.5)
     for b in (worker, client):
         b.close()
+
+
+def test_a_submission_sent_again_after_its_tasks_ran_queues_nothing(redis_server):
+    # The reply to a submission was lost and the call is sent again (same token) after the
+    # task already ran and finished: it must not be queued and run a second time.
+    from steersman.task import Result, dumps, new_task_id
+
+    b = broker(redis_server)
+    task = Result(task_id=new_task_id(), method="add", inputs=dumps(((1, 1), {})))
+    packed, token = b._pack([task]), "resent-token"
+    assert b._run("submit", b.ttl_seconds, packed, token) == [task.task_id.encode()]
+    taken = b.get_task(["default"], timeout=5)
+    taken.set_value(2)
+    taken.complete = True
+    b.put_result(taken)
+    assert b._run("submit", b.ttl_seconds, packed, token) == [task.task_id.encode()]
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.llen(f"{b.namespace}:lane:default") == 0
+    assert raw.hlen(f"{b.namespace}:task") == 0
+    b.close()
