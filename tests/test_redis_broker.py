@@ -613,20 +613,143 @@ def test_waits_carry_on_when_redis_has_forgotten_the_scripts(redis_server):
 
 
 def test_a_submission_sent_again_after_its_tasks_ran_queues_nothing(redis_server):
-    # The reply to a submission was lost and the call is sent again (same token) after the
-    # task already ran and finished: it must not be queued and run a second time.
+    # The reply to a submission was lost and the same tasks are sent again (by the broker's
+    # retry or by the caller) after they ran and finished: none is queued and run again.
     from steersman.task import Result, dumps, new_task_id
 
     b = broker(redis_server)
-    task = Result(task_id=new_task_id(), method="add", inputs=dumps(((1, 1), {})))
-    packed, token = b._pack([task]), "resent-token"
-    assert b._run("submit", b.ttl_seconds, packed, token) == [task.task_id.encode()]
-    taken = b.get_task(["default"], timeout=5)
-    taken.set_value(2)
-    taken.complete = True
-    b.put_result(taken)
-    assert b._run("submit", b.ttl_seconds, packed, token) == [task.task_id.encode()]
     raw = redis.Redis.from_url(redis_server.url)
-    assert raw.llen(f"{b.namespace}:lane:default") == 0
-    assert raw.hlen(f"{b.namespace}:task") == 0
+    for n in (1, 150):  # a few tasks are checked one by one; many carry a token
+        tasks = [
+            Result(task_id=new_task_id(), method="add", inputs=dumps(((1, 1), {})))
+            for _ in range(n)
+        ]
+        first = b.put_tasks(tasks)
+        assert all(accepted for _, accepted in first)
+        taken = b.get_tasks(["default"], n, timeout=5)
+        for task in taken:
+            task.set_value(2)
+            task.complete = True
+        b.put_results(taken)
+        assert b.put_tasks(tasks) == first  # the caller sends the same tasks again
+        assert raw.llen(f"{b.namespace}:lane:default") == 0
+        assert raw.hlen(f"{b.namespace}:task") == 0
     b.close()
+
+
+def _blocked_reader(raw):
+    return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "") for c in raw.client_list())
+
+
+def _final_result(value):
+    from steersman.task import Result, dumps, new_task_id
+
+    result = Result(task_id=new_task_id(), method="echo", inputs=dumps(((), {})))
+    result.set_value(value)
+    result.complete = True
+    return result
+
+
+def test_a_result_moved_while_redis_refuses_writes_is_not_lost(own_redis):
+    # Out of memory: the reader's move is served, its acknowledgement step is refused. The
+    # caller sees the error; the moved result comes with the next call, once, in order.
+    import threading
+
+    reader, producer = broker(own_redis), None
+    producer = broker(own_redis, reader.namespace)
+    raw = redis.Redis.from_url(own_redis.url)
+    producer.put_results([_final_result("R0")])
+    assert reader.get_result("default", timeout=5).value == "R0"
+    assert reader.get_result("default", timeout=0.3) is None  # its scripts are loaded
+    errors, got = [], []
+
+    def read():
+        try:
+            got.append(reader.get_result("default", timeout=10).value)
+        except redis.ResponseError as error:
+            errors.append(error)
+
+    waiting = threading.Thread(target=read)
+    waiting.start()
+    wait_until(lambda: _blocked_reader(raw), 10, "a waiting reader")
+    raw.config_set("maxmemory", raw.info("memory")["used_memory"] + 2_200_000)
+    producer.put_results([_final_result("B" * 900_000)])
+    waiting.join(15)
+    raw.config_set("maxmemory", 0)
+    assert errors and "maxmemory" in str(errors[0]), got
+    producer.put_results([_final_result("R1")])
+    got += [reader.get_result("default", timeout=5).value for _ in range(2)]
+    assert got == ["B" * 900_000, "R1"]
+    assert reader.get_result("default", timeout=0.5) is None
+    for b in (reader, producer):
+        b.close()
+
+
+def test_a_reap_between_a_move_and_its_acknowledgement_hands_out_the_result_once(
+    redis_server,
+):
+    # A reader cut off past its lease is reaped right after its wait moved a result: the
+    # result went back to the topic, so the reader must not hand it out now as well.
+    import threading
+
+    reader = broker(redis_server)
+    producer = broker(redis_server, reader.namespace)
+    producer.reap(force=True)  # loads the reap script
+    raw = redis.Redis.from_url(redis_server.url)
+    producer.put_results([_final_result("R0")])
+    got = [reader.get_result("default", timeout=5).value]
+    assert reader.get_result("default", timeout=0.3) is None  # its scripts are loaded
+    waiting = threading.Thread(
+        target=lambda: got.append(reader.get_result("default", timeout=10).value)
+    )
+    waiting.start()
+    wait_until(lambda: _blocked_reader(raw), 10, "a waiting reader")
+    ns = reader.namespace
+    pipe = raw.pipeline(transaction=False)  # one turn of Redis's loop: move, then the reap
+    pipe.rpush(f"{ns}:result:default", producer._seal(_final_result("X")))
+    pipe.delete(f"{ns}:hb:{reader.consumer}")
+    pipe.evalsha(producer._scripts["reap"].sha, 0, ns, 1, "1")
+    pipe.execute()
+    waiting.join(15)
+    while (result := reader.get_result("default", timeout=1)) is not None:
+        got.append(result.value)
+    assert sorted(got) == ["R0", "X"]
+    for b in (reader, producer):
+        b.close()
+
+
+def test_a_task_finished_while_redis_stalls_is_not_killed_for_its_timeout(own_redis):
+    # The worker process finished in time but its own delivery waits on a stalled Redis:
+    # the pool must not kill it for the task's timeout and report a success as a timeout.
+    client = broker(own_redis)
+    queues = Queues(methods=["sleep_then"], broker=client)
+    raw = redis.Redis.from_url(own_redis.url)
+    with WorkerPool(queues, [methods.sleep_then], workers=1):
+        queues.send_inputs(0, "warm", method="sleep_then")
+        assert queues.get_result(timeout=30).value == "warm"
+        queues.send_inputs(1.0, "done", method="sleep_then", timeout=3)
+        time.sleep(0.5)  # the task is running; then Redis stalls for 6 s
+        raw.execute_command("CLIENT", "PAUSE", 6000, "ALL")
+        result = queues.get_result(timeout=30)
+        assert result.success and result.value == "done", result.failure
+        with pytest.raises(ResultTimeout):
+            queues.get_result(timeout=1)
+    client.close()
+
+
+def test_partial_results_arrive_before_their_final_result(redis_server):
+    # Partial results go through the pool; the final one may not overtake them by being
+    # delivered by the worker process itself.
+    client = broker(redis_server)
+    queues = Queues(methods=["count_up"], broker=client)
+    with WorkerPool(queues, [methods.count_up], workers=1):
+        for _ in range(10):
+            queues.send_inputs(3, method="count_up")
+        finals = set()
+        for _ in range(40):
+            result = queues.get_result(timeout=30)
+            assert result.task_id not in finals, "a partial result after its final one"
+            if result.complete:
+                finals.add(result.task_id)
+    assert len(finals) == 10
+    client.close()

@@ -21,7 +21,8 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:utopics:C``   set   topics C holds unacknowledged results of
 - ``{ns}:done:ID``     string, expires: the final result of ID was delivered (once only)
 - ``{ns}:key:K``       string, expires: the id of the task submitted with user key K
-- ``{ns}:sub:T``       string, expires: a submission call's token, to know it if sent again
+- ``{ns}:sub:T``       string, expires: a digest of the ids of a submission of 100 tasks
+                         or more, to know it if the same tasks are sent again
 - ``{ns}:failed:ID``   string, expires: the final result of a task that failed
 - ``{ns}:failedidx``   sorted set, expires: failed task ids by time
 - ``{ns}:stats``       hash, expires: ``done:Q`` and ``failed:Q`` counts per queue
@@ -94,17 +95,29 @@ REAP_PERIOD = 1.0
 tasks move on within about this long after its lease runs out."""
 """At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
+SUBMIT_TOKEN_MIN = 100
+"""A submission of this many tasks or more is recorded by a token (a digest of its ids), so
+that done-markers are looked for only when the same tasks are sent again; smaller ones are
+checked task by task and leave no record."""
+
+
+def _token(tasks: Sequence[Result]) -> str:
+    if len(tasks) < SUBMIT_TOKEN_MIN:
+        return ""
+    ids = b"".join(t.task_id.encode() for t in tasks)
+    return hashlib.blake2b(ids, digest_size=16).hexdigest()
 
 
 _SUBMIT = """
 -- ARGV: ns, ttl, packed: per task id, lane, queue, envelope, key ('' if none), each
 -- a 4-byte big-endian length and the bytes (one argument instead of five per task); token:
--- random, one per call, the same when the call is sent again after a lost reply.
+-- a digest of the ids, so the same tasks sent again give the same token ('' for a few).
 -- Writes are gathered and made once per lane at the end: fewer commands, a shorter AOF.
 local ns, ttl, packed = ARGV[1], ARGV[2], ARGV[3]
--- Only a call sent before can hold tasks that were queued and have finished since: only
--- then is each task's done-marker looked for (a third of the script's time otherwise).
-local again = not redis.call('SET', ns .. ':sub:' .. ARGV[4], '1', 'NX', 'EX', ttl)
+-- Only tasks sent before can have been queued and have finished since: only then is each
+-- task's done-marker looked for (a third of the script's time otherwise).
+local again = ARGV[4] == ''
+    or not redis.call('SET', ns .. ':sub:' .. ARGV[4], '1', 'NX', 'EX', ttl)
 local out, bells, lanes, order = {}, {}, {}, {}
 local pos = 1
 local function field()
@@ -391,8 +404,9 @@ _RECEIVED = """
 -- the topic into its unacknowledged list, in the same round trip: acknowledges the previous
 -- fetch (the first `taken` results of the list) and records this one. Made after the move,
 -- these writes reach the append-only file with it, not in a sync of their own while the
--- result is on its way. Replies: whether the previous fetch's record was gone (reaped), and
--- how many results wait in the topic.
+-- result is on its way. Replies: whether the previous fetch's record was gone (reaped), how
+-- many results wait in the topic, and how many are unacknowledged (0 after a move: a reap
+-- came between and gave the moved result back to the topic).
 local ns, c, topic, fetch, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
 local seq = ns .. ':useq:' .. c .. ':' .. topic
@@ -405,7 +419,7 @@ end
 redis.call('SET', seq, fetch, 'EX', ttl)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ttl)
 redis.call('EXPIRE', unacked, ttl)
-return {lost, redis.call('LLEN', ns .. ':result:' .. topic)}
+return {lost, redis.call('LLEN', ns .. ':result:' .. topic), redis.call('LLEN', unacked)}
 """
 
 _RELEASE_RESULTS = """
@@ -921,8 +935,7 @@ class RedisBroker:
                     packed = packing.result() if ahead is not None else self._pack(part)
                     if ahead is not None and index + 1 < len(parts):
                         packing = ahead.submit(self._pack, parts[index + 1])
-                    token = os.urandom(8).hex()  # the same if _run sends it again
-                    firsts = self._run("submit", self.ttl_seconds, packed, token)
+                    firsts = self._run("submit", self.ttl_seconds, packed, _token(part))
                 except BaseException as error:
                     if out:  # earlier chunks are queued: say so, so they are not forgotten
                         error.submitted = out  # type: ignore[attr-defined]
@@ -1501,18 +1514,24 @@ class RedisBroker:
             if replies is None:
                 return None
             item, ack = replies[1], replies[2]
-            for reply in (replies[0], item):
+            for reply in replies:
                 if isinstance(reply, redis.ResponseError):
-                    raise reply
-            if isinstance(ack, redis.ResponseError):
-                # Not loaded (Redis restarted meanwhile): the script fetch sorts it out,
-                # under the same number, returning what the move took.
-                if isinstance(ack, redis.exceptions.NoScriptError):
-                    self._call("load script", self.redis.script_load, _RECEIVED)
+                    # The move may have happened without its acknowledgement step (an
+                    # unloaded script after a restart, out of memory): the script fetch
+                    # sorts it out under the same number, returning what the move took.
                     reader.drained = False
-                    continue
-                raise ack
-            self._acknowledged(reader, topic, lost=ack[0] == 1)
+                    if not isinstance(reply, redis.exceptions.NoScriptError):
+                        raise reply
+                    self._call("load script", self.redis.script_load, _RECEIVED)
+                    break
+            if not reader.drained:
+                continue
+            lost = ack[0] == 1
+            self._acknowledged(reader, topic, lost=lost)
+            if item is not None and lost and ack[2] == 0:
+                # Reaped between the move and its acknowledgement: the result went back to
+                # the topic with the rest and comes again; handing it out now would make two.
+                item = None
             reader.fetch += 1
             reader.taken = 0 if item is None else 1
             if item is not None:

@@ -425,13 +425,16 @@ def _worker_main(
     conn: multiprocessing.connection.Connection,
     methods_blob: bytes,
     label: str,
+    finished: Any,
     direct_spec: dict[str, Any] | None = None,
 ):
     """Entry point of a worker process: read batches of tasks, write results, until told to stop.
 
-    Given ``direct_spec`` (a remote broker's :meth:`direct_delivery`), a final result that
-    needs no retry is delivered from here when no other task waits for this process (when
-    tasks wait, the pool's process delivers many in one call), and the pool gets a short note.
+    ``finished`` (a shared integer) counts the tasks this process has finished, so the pool
+    knows a task is done while its result is still on the way. Given ``direct_spec`` (a
+    remote broker's :meth:`direct_delivery`), a final result that needs no retry is
+    delivered from here when no other task waits for this process (when tasks wait, the
+    pool's process delivers many in one call), and the pool gets a short note.
     """
     # Ctrl-C and SIGTERM are the parent's to handle: it lets running tasks finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -462,14 +465,22 @@ def _worker_main(
             continue
         for index, task in enumerate(tasks):
             task.timestamps.picked_up = picked_up
+            partial = False
             # Each result leaves before the next task starts: the pool then knows that the
             # first task it still counts as in flight is the one running, and blames a
             # crash or a timeout on the right task.
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
+                if not result.complete:
+                    partial = True
+                    conn.send_bytes(encode_batch([result]))
+                    continue
+                # Finished: from now on the pool does not kill this process for the task's
+                # timeout, however long the result takes to reach Redis.
+                finished.value += 1
                 if (
                     direct is not None
-                    and result.complete
+                    and not partial  # its partial results went through the pool: so does this
                     and not wants_retry(result)
                     and index == len(tasks) - 1
                     and not conn.poll(0)
@@ -501,6 +512,12 @@ class _Worker:
     cancelled: set[str] = field(default_factory=set)  # ids someone asked to cancel
     alive: bool = True
     poller: Any = None  # select.poll on conn, made once: Connection.poll builds a selector
+    finished: Any = None  # shared: tasks the process finished (its results may be on the way)
+    finals: int = 0  # final results (or notes of them) read from the process
+
+    def finishing(self) -> bool:
+        """Whether the first task in flight is finished and its result on its way."""
+        return self.finished is not None and self.finished.value > self.finals
 
     def __post_init__(self) -> None:
         self.poller = select.poll()
@@ -587,16 +604,19 @@ class _ProcessWorkers:
     def _spawn(self, index: int) -> _Worker:
         label = f"{self.pool.name}-w{index}"
         parent_conn, child_conn = self.context.Pipe(duplex=True)
+        finished = self.context.Value("q", 0, lock=False)
         process = self.context.Process(
             target=_worker_main,
-            args=(child_conn, self.methods_blob, label, self.direct_spec),
+            args=(child_conn, self.methods_blob, label, finished, self.direct_spec),
             name=label,
             daemon=True,
         )
         process.start()
         child_conn.close()
         worker_id = worker_id_for(label, process.pid)
-        return _Worker(index=index, process=process, conn=parent_conn, worker_id=worker_id)
+        return _Worker(
+            index=index, process=process, conn=parent_conn, worker_id=worker_id, finished=finished
+        )
 
     def stop(self, timeout: float) -> None:
         with self.lock:
@@ -804,7 +824,10 @@ class _ProcessWorkers:
         deadlines = [
             w.head_since + w.inflight[0].timeout
             for w in live
-            if w.inflight and w.inflight[0].timeout is not None and w.timed_out is None
+            if w.inflight
+            and w.inflight[0].timeout is not None
+            and w.timed_out is None
+            and not w.finishing()
         ]
         return min(deadlines, default=None)
 
@@ -812,7 +835,12 @@ class _ProcessWorkers:
         now = time.monotonic()
         with self.lock:
             for worker in self.workers:
-                if not worker.alive or not worker.inflight or worker.timed_out is not None:
+                if (
+                    not worker.alive
+                    or not worker.inflight
+                    or worker.timed_out is not None
+                    or worker.finishing()  # done: its result is on the way
+                ):
                     continue
                 head = worker.inflight[0]
                 if head.timeout is not None and now >= worker.head_since + head.timeout:
@@ -858,6 +886,7 @@ class _ProcessWorkers:
                     task_id, running = _note_decoder.decode(data[1:])
                     self.broker.settled_elsewhere([task_id])
                     self.delivered_by_workers += 1
+                    worker.finals += 1
                     finished.append(_Finished(task_id, running))
                     continue
                 try:
@@ -865,7 +894,9 @@ class _ProcessWorkers:
                 except EnvelopeError as error:
                     logger.error("worker %s sent a garbled result: %s", worker.worker_id, error)
                     continue
-                finished += (r for r in results if r.complete)
+                complete = [r for r in results if r.complete]
+                worker.finals += len(complete)
+                finished += complete
                 gathered.extend(results)
                 if len(gathered) >= DRAIN_LIMIT:
                     self._release(worker, finished)
