@@ -173,17 +173,23 @@ def test_max_retries_counts_lost_leases(redis_server):
         b.close()
 
 
+def _with_results(server, n):
+    """A client with ``n`` results of its tasks waiting, and the worker that made them."""
+    client = broker(server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(server, namespace=client.namespace)
+    for i in range(n):
+        queues.send_inputs(i, 1, method="add")
+    for task in worker.get_tasks(["default"], n, timeout=5):
+        task.set_value(sum(task.args))
+        worker.put_result(task)
+    return client, worker
+
+
 def test_a_result_fetch_asked_again_under_its_number_returns_the_same_results(redis_server):
     # A fetch whose reply was lost (Redis restarted or the connection dropped after the move)
     # is asked again with the same number: it must return what it took, not acknowledge it.
-    client = broker(redis_server)
-    queues = Queues(methods=["add"], broker=client)
-    worker = broker(redis_server, namespace=client.namespace)
-    for i in range(3):
-        queues.send_inputs(i, 1, method="add")
-    for task in worker.get_tasks(["default"], 3, timeout=5):
-        task.set_value(sum(task.args))
-        worker.put_result(task)
+    client, worker = _with_results(redis_server, 3)
     args = (client.consumer, "default", 64, 60)
     first = client._run("take_results", *args, 7, 0)[1:]  # after the reaped-or-not flag
     again = client._run("take_results", *args, 7, 0)[1:]
@@ -199,14 +205,7 @@ def test_a_result_a_lost_wait_moved_comes_with_the_next_fetch(redis_server):
     # A blocking wait moves a result into the reader's unacknowledged list, then the
     # connection drops before its acknowledgement step ran: the next fetch must acknowledge
     # only what the previous fetch handed out and return the moved result, not drop it.
-    client = broker(redis_server)
-    queues = Queues(methods=["add"], broker=client)
-    worker = broker(redis_server, namespace=client.namespace)
-    for i in range(4):
-        queues.send_inputs(i, 1, method="add")
-    for task in worker.get_tasks(["default"], 4, timeout=5):
-        task.set_value(sum(task.args))
-        worker.put_result(task)
+    client, worker = _with_results(redis_server, 4)
     args = (client.consumer, "default", 3, 60)
     assert len(client._run("take_results", *args, 1, 0)[1:]) == 3
     unacked = f"{client.namespace}:unacked:{client.consumer}:default"
