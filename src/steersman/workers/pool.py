@@ -446,7 +446,10 @@ def _worker_main(
     if direct_spec is not None:
         from steersman.brokers.redis import RedisBroker
 
-        direct = RedisBroker.for_delivery(direct_spec)
+        try:
+            direct = RedisBroker.for_delivery(direct_spec)
+        except Exception as error:  # results then go through the pool, as on any broker
+            print(f"steersman worker {worker_id}: delivering through the pool: {error}")
     conn.send_bytes(b"ready")
     while True:
         try:
