@@ -449,7 +449,10 @@ def _worker_main(
         try:
             direct = RedisBroker.for_delivery(direct_spec)
         except Exception as error:  # results then go through the pool, as on any broker
-            print(f"steersman worker {worker_id}: delivering through the pool: {error}")
+            print(
+                f"steersman worker {worker_id}: delivering through the pool: {error}",
+                file=sys.stderr,
+            )
     conn.send_bytes(b"ready")
     while True:
         try:
