@@ -735,6 +735,13 @@ class RedisBroker:
     def _k(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
 
+    def _reload(self, name: str, give_up: threading.Event | None = None) -> None:
+        """Load a script sent by its digest in a pipeline (not through ``Script``, which
+        loads itself): after a restart Redis has none, and answered NOSCRIPT."""
+        self._call(
+            "load script", self.redis.script_load, self._scripts[name].script, give_up=give_up
+        )
+
     def _run(self, what: str, *args: Any) -> Any:
         ns_args = [self.namespace, *args]
         return self._call(what, self._scripts[what], keys=[], args=ns_args)
@@ -1203,7 +1210,7 @@ class RedisBroker:
                     # The script was not loaded (Redis restarted) or read something else:
                     # read the task on its own.
                     if isinstance(read, redis.exceptions.NoScriptError):
-                        self._call("load script", self.redis.script_load, _TAKEN, give_up=stop)
+                        self._reload("taken", give_up=stop)
                     found, left = self._unsure(
                         self._call, "read task", self._read_held, [task_id], single, give_up=stop
                     )
@@ -1522,7 +1529,7 @@ class RedisBroker:
                     reader.drained = False
                     if not isinstance(reply, redis.exceptions.NoScriptError):
                         raise reply
-                    self._call("load script", self.redis.script_load, _RECEIVED)
+                    self._reload("received")
                     break
             if not reader.drained:
                 continue
