@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 
+import msgspec
 import pytest
 import redis
 
@@ -752,3 +753,47 @@ def test_partial_results_arrive_before_their_final_result(redis_server):
                 finals.add(result.task_id)
     assert len(finals) == 10
     client.close()
+
+
+def test_a_partial_result_delivered_again_after_a_lost_reply_arrives_once(redis_server):
+    # A generator's yields: a delivery repeated (its reply was lost) pushes nothing new, a
+    # late partial of an older attempt or after the final result is dropped, and a new
+    # attempt's partial results go out again.
+    from steersman.workers.execute import execute
+
+    client = broker(redis_server)
+    queues = Queues(methods=["count_up"], broker=client)
+    queues.send_inputs(2, method="count_up")
+    worker = broker(redis_server, client.namespace)
+    task = worker.get_task(["default"], timeout=5)
+    retry = msgspec.structs.replace(task, attempt=2)  # as a later attempt will have it
+    first = list(execute(task, methods.count_up, "w", own_process=False))
+    assert [r.part for r in first] == [1, 2, 0]
+    worker.put_results(first[:1])
+    worker.put_results(first[:1])  # as a retry after a lost reply does
+    worker.put_results(first[:2])
+    got = [queues.get_result(timeout=5) for _ in range(2)]
+    assert [(r.value, r.part) for r in got] == [(0, 1), (1, 2)]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+
+    # A second attempt (the first worker was thought dead) yields again: delivered; the
+    # first attempt's late partial is not, nor any partial after the final result.
+    second = list(execute(retry, methods.count_up, "w", own_process=False))
+    worker.put_results(second[:1])
+    worker.put_results(first[1:2])
+    worker.put_results(second[1:])
+    worker.put_results(second[:1])
+    got = [queues.get_result(timeout=5) for _ in range(3)]
+    assert [(r.attempt, r.part, r.complete) for r in got] == [
+        (2, 1, False),
+        (2, 2, False),
+        (2, 0, True),
+    ]
+    assert got[-1].value == "finished"
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    raw = redis.Redis.from_url(redis_server.url)
+    assert not raw.hexists(f"{client.namespace}:parts", task.task_id)
+    for b in (worker, client):
+        b.close()

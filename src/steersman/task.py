@@ -141,6 +141,10 @@ class Result(msgspec.Struct, kw_only=True, dict=True, array_like=True):
     worker: WorkerInfo | None = None
     timestamps: Timestamps = msgspec.field(default_factory=Timestamps)
     serialization: Serialization = msgspec.field(default_factory=Serialization)
+    part: int = 0
+    """Which partial result of its attempt this is (1, 2, ...: what a generator yielded, in
+    order); 0 for a final result. Lets a broker deliver a partial result once even if its
+    delivery is repeated after a lost reply."""
 
     # ----------------------------------------------------------------- user-facing views
     @property

@@ -20,6 +20,8 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:useq:C:T``    string, expires: the number of C's last fetch from topic T
 - ``{ns}:utopics:C``   set   topics C holds unacknowledged results of
 - ``{ns}:done:ID``     string, expires: the final result of ID was delivered (once only)
+- ``{ns}:parts``       hash, expires: task id -> place of the last partial result delivered
+                         (attempt and part), until its final result
 - ``{ns}:key:K``       string, expires: the id of the task submitted with user key K
 - ``{ns}:sub:T``       string, expires: a digest of the ids of a submission of 100 tasks
                          or more, to know it if the same tasks are sent again
@@ -225,21 +227,31 @@ return {id, envelope, redis.call('HGET', ns .. ':lost', id) or '0', left}
 """
 
 _DELIVER = """
--- ARGV: ns, consumer, ttl, now, then (id, topic, queue, final, failed, envelope) per result.
--- Expiries, counters and deletions are made once per call, not once per result.
+-- ARGV: ns, consumer, ttl, now, then per result: id, topic, queue, final ('1' for a final
+-- result, else the place of a partial one: attempt * 2^32 + part), failed, envelope.
+-- Expiries, counters and deletions are made once per call, not once per result. A partial
+-- result goes out only if it comes after the last one of its task that did (a delivery
+-- repeated after a lost reply is not pushed twice) and before its task's final one.
 local ns, ttl, now = ARGV[1], ARGV[3], ARGV[4]
 local held = ns .. ':held:' .. ARGV[2]
+local parts = ns .. ':parts'
 local delivered = 0
 local topics, counts, finished = {}, {}, {}
-local any_failed = false
+local any_failed, any_parts = false, false
 local cancels = redis.call('EXISTS', ns .. ':cancel') == 1
 for i = 5, #ARGV, 6 do
   local id, topic, queue = ARGV[i], ARGV[i+1], ARGV[i+2]
   local final, failed, envelope = ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local results = ns .. ':result:' .. topic
-  if final == '0' then
-    redis.call('RPUSH', results, envelope)
-    delivered = delivered + 1
+  if final ~= '1' then
+    local last = tonumber(redis.call('HGET', parts, id) or '-1')
+    if tonumber(final) > last and redis.call('EXISTS', ns .. ':done:' .. id) == 0 then
+      redis.call('RPUSH', results, envelope)
+      redis.call('HSET', parts, id, final)
+      topics[results] = true
+      any_parts = true
+      delivered = delivered + 1
+    end
   else
     if redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
       redis.call('RPUSH', results, envelope)
@@ -259,6 +271,7 @@ for i = 5, #ARGV, 6 do
   end
 end
 for results in pairs(topics) do redis.call('EXPIRE', results, ttl) end
+if any_parts then redis.call('EXPIRE', parts, ttl) end
 local stats = ns .. ':stats'
 local counted = false
 for counter, n in pairs(counts) do
@@ -276,6 +289,7 @@ for i = 1, #finished, 4000 do
   redis.call('HDEL', ns .. ':task', unpack(finished, i, j))
   redis.call('HDEL', ns .. ':laneof', unpack(finished, i, j))
   redis.call('HDEL', ns .. ':lost', unpack(finished, i, j))
+  redis.call('HDEL', parts, unpack(finished, i, j))
 end
 return delivered
 """
@@ -1389,7 +1403,7 @@ class RedisBroker:
                 result.task_id,
                 result.topic,
                 result.queue,
-                "1" if result.complete else "0",
+                "1" if result.complete else str((result.attempt << 32) + result.part),
                 "1" if result.complete and not result.success else "0",
                 envelope,
             ]

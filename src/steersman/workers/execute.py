@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import itertools
 import os
 import time
 import traceback
@@ -64,12 +65,13 @@ def exception_failure(error: BaseException) -> Failure:
     )
 
 
-def _intermediate(task: Result, item: Any) -> Result:
+def _intermediate(task: Result, item: Any, part: int) -> Result:
     ts = task.timestamps
     partial = msgspec.structs.replace(
         task,
         inputs=None,
         complete=False,
+        part=part,
         timestamps=Timestamps(
             created=ts.created,
             queued=ts.queued,
@@ -128,13 +130,13 @@ def _run(task: Result, func: Callable[..., Any], own_process: bool) -> Iterator[
         try:
             output = func(*args, **kwargs)
             if inspect.isgenerator(output):
-                while True:
+                for part in itertools.count(1):
                     try:
                         item = next(output)
                     except StopIteration as stop:
                         output = stop.value
                         break
-                    yield _intermediate(task, item)
+                    yield _intermediate(task, item, part)
             task.timestamps.finished = time.time()
         except BaseException as error:  # a task's failure is a value, even SystemExit
             task.timestamps.finished = time.time()
