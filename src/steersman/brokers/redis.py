@@ -175,12 +175,16 @@ each('HSET', ns .. ':task', envelopes)
 each('HSET', ns .. ':laneof', laneof)
 for _, lane in ipairs(order) do each('RPUSH', ns .. ':lane:' .. lane, lanes[lane]) end
 for queue, n in pairs(bells) do
+  -- A full bell already wakes whoever waits on it (or nobody does: workers of one lane wait
+  -- on the lane itself), so it takes nothing more.
   local bell = ns .. ':bell:' .. queue
-  local tokens = {}
-  for i = 1, math.min(n, 64) do tokens[i] = '1' end
-  redis.call('RPUSH', bell, unpack(tokens))
-  redis.call('LTRIM', bell, -64, -1)
-  redis.call('EXPIRE', bell, ttl)
+  local room = 64 - redis.call('LLEN', bell)
+  if room > 0 then
+    local tokens = {}
+    for i = 1, math.min(n, room) do tokens[i] = '1' end
+    redis.call('RPUSH', bell, unpack(tokens))
+    redis.call('EXPIRE', bell, ttl)
+  end
 end
 return out
 """
@@ -270,15 +274,20 @@ for i = 5, #ARGV, 6 do
     if cancels then redis.call('SREM', ns .. ':cancel', id) end
   end
 end
-for results in pairs(topics) do redis.call('EXPIRE', results, ttl) end
-if any_parts then redis.call('EXPIRE', parts, ttl) end
+-- An expiry is renewed once half of it has run (a read, where a write each time would
+-- lengthen the append-only file).
+local function keep(key)
+  if redis.call('TTL', key) < ttl / 2 then redis.call('EXPIRE', key, ttl) end
+end
+for results in pairs(topics) do keep(results) end
+if any_parts then keep(parts) end
 local stats = ns .. ':stats'
 local counted = false
 for counter, n in pairs(counts) do
   redis.call('HINCRBY', stats, counter, n)
   counted = true
 end
-if counted then redis.call('EXPIRE', stats, ttl) end
+if counted then keep(stats) end
 if any_failed then
   -- the index outlives no failure it lists (each record expires after ttl)
   redis.call('ZREMRANGEBYSCORE', ns .. ':failedidx', '-inf', tonumber(now) - tonumber(ttl))
