@@ -797,3 +797,45 @@ def test_a_partial_result_delivered_again_after_a_lost_reply_arrives_once(redis_
     assert not raw.hexists(f"{client.namespace}:parts", task.task_id)
     for b in (worker, client):
         b.close()
+
+
+def test_text_that_is_not_utf8_is_rejected_as_garbled_and_the_rest_is_served(redis_server, caplog):
+    # Without a key (loopback), a task or result whose bytes hold a string that is not
+    # UTF-8 is refused like any garbled message; what comes after it still arrives.
+    from steersman.task import encode
+
+    client = broker(redis_server, hmac_key=None)
+    queues = Queues(methods=["add"], broker=client)
+    ns = client.namespace
+    good = client._open(client._seal(_final_result("fine")), load_values=False)
+    bad = encode(good).replace(b"echo", b"ec\xffo")
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset(f"{ns}:task", "junk", bad)
+    raw.hset(f"{ns}:laneof", "junk", "default")
+    raw.rpush(f"{ns}:lane:default", "junk")
+    raw.rpush(f"{ns}:result:default", bad)
+    with caplog.at_level(logging.ERROR), WorkerPool(queues, [methods.add], workers=1):
+        queues.send_inputs(2, 3, method="add")
+        assert queues.get_result(timeout=30).value == 5
+    assert not raw.hexists(f"{ns}:task", "junk")
+    assert any("rejected task junk" in r.message for r in caplog.records)
+    assert any("rejected a result" in r.message for r in caplog.records)
+    client.close()
+
+
+def test_a_value_altered_in_the_store_fails_its_task_with_a_reason(redis_server):
+    client = broker(redis_server, inline_limit=1024)
+    queues = Queues(methods=["echo"], broker=client)
+    task_id = queues.send_inputs(b"z" * 4096, method="echo")
+    raw = redis.Redis.from_url(redis_server.url)
+    [blob] = raw.keys(f"{client.namespace}:blob:*")
+    raw.set(blob, b"corrupted")
+    worker = broker(redis_server, client.namespace, inline_limit=1024)  # no cached copy
+    worker_queues = Queues(methods=["echo"], broker=worker)
+    with WorkerPool(worker_queues, [methods.echo], mode="thread"):
+        result = queues.get_result(timeout=30)
+    assert result.task_id == task_id and not result.success
+    assert result.failure.type == "ValueMissing"
+    assert "does not match its digest" in result.failure.message
+    for b in (worker, client):
+        b.close()

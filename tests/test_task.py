@@ -12,6 +12,7 @@ from steersman.task import (
     ResourceRequest,
     Result,
     decode,
+    decode_batch,
     dumps,
     encode,
     lanes_of,
@@ -62,6 +63,12 @@ def test_garbled_envelope_is_refused():
         decode(data[: len(data) // 2])
     with pytest.raises(EnvelopeError, match="garbled"):
         decode(b"\xff\x00 not msgpack")
+    # A string that is not UTF-8 (msgspec raises UnicodeDecodeError for it)
+    bad_text = data.replace(b"simulate", b"simul\xffte")
+    with pytest.raises(EnvelopeError, match="garbled"):
+        decode(bad_text)
+    with pytest.raises(EnvelopeError, match="garbled"):
+        decode_batch(b"\x91" + bad_text)
 
 
 def test_unknown_fields_from_a_newer_release_are_ignored():

@@ -334,7 +334,7 @@ def _version_of(data: bytes) -> int | None:
     ``v`` key, as version 1 wrote), or None if it is neither."""
     try:
         raw = msgspec.msgpack.decode(data)
-    except msgspec.DecodeError:
+    except Exception:  # msgspec raises UnicodeDecodeError too, for a garbled string
         return None
     version = (
         raw[0]
@@ -358,7 +358,7 @@ def decode(data: bytes) -> Result:
     """Read a task or result from its wire form; raise :class:`EnvelopeError` if it is not one."""
     try:
         task = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+    except Exception as error:  # DecodeError, ValidationError, UnicodeDecodeError, ...
         raise _refuse(data, error) from error
     if task.v != ENVELOPE_VERSION:
         raise _refuse(data, ValueError("version mismatch"))
@@ -368,7 +368,7 @@ def decode(data: bytes) -> Result:
 def decode_batch(data: bytes) -> list[Result]:
     try:
         tasks = _batch_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+    except Exception as error:  # DecodeError, ValidationError, UnicodeDecodeError, ...
         raise EnvelopeError(f"garbled batch ({len(data)} bytes): {error}") from error
     for task in tasks:
         if task.v != ENVELOPE_VERSION:

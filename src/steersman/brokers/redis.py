@@ -881,9 +881,13 @@ class RedisBroker:
                     "ttl_seconds, or its sender kept it in a value_store directory (start "
                     "workers with --value-store naming that directory)"
                 )
-        # The digest sits in the signed envelope, so checking it authenticates the value.
+        # The digest sits in the signed envelope, so checking it authenticates the value. The
+        # envelope itself is authentic: its task or result is answered, not dropped.
         if hashlib.sha256(data).hexdigest() != digest:
-            raise EnvelopeError(f"value {digest[:12]} does not match its digest: tampered")
+            raise ValueMissingError(
+                f"value {digest[:12]} in the value store does not match its digest: it was "
+                "altered or corrupted there, and is not used"
+            )
         return data
 
     # ---------------------------------------------------------------------- resilience
