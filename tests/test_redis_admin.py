@@ -113,6 +113,34 @@ def test_cancel_reaches_queued_and_running_tasks(redis_server, namespace, cli, t
     broker.close()
 
 
+def test_cancel_without_the_runs_key_changes_nothing_and_says_why(redis_server, namespace):
+    # No Result could be made for a task whose envelope cannot be read: the task stays
+    # queued, with its key, and the command says which key to set.
+    import os
+    import subprocess
+    import sys
+
+    broker, queues = make(redis_server, namespace)
+    task_id = queues.send_inputs(1, 2, method="add", key="k1")
+    done = subprocess.run(
+        [sys.executable, "-m", "steersman.cli", "cancel", task_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "STEERSMAN_HMAC_KEY": "another-key",
+            "STEERSMAN_REDIS_URL": redis_server.url,
+            "STEERSMAN_NAMESPACE": namespace,
+        },
+    )
+    assert done.returncode == 2, done.stderr
+    assert "nothing cancelled" in done.stderr and "STEERSMAN_HMAC_KEY" in done.stderr
+    assert broker.queue_depths() == {"sim": 1}
+    assert queues.send_inputs(1, 2, method="add", key="k1") == task_id  # the key still holds
+    broker.close()
+
+
 def test_purge_drops_the_waiting_tasks_of_a_queue(redis_server, namespace, cli):
     broker, queues = make(redis_server, namespace)
     queues.send_batch([(i, 0) for i in range(10)], method="add")
@@ -163,6 +191,19 @@ def test_big_values_travel_by_reference_and_oversized_ones_are_refused(
         if store is not None:
             assert any(store.iterdir())
         broker.close()
+
+
+def test_the_payload_limit_holds_below_the_inline_limit_and_a_bad_store_is_named(
+    redis_server, namespace, tmp_path
+):
+    broker, queues = make(redis_server, namespace, max_payload_bytes=256 * 1024)
+    with pytest.raises(SerializationError, match="over the broker's limit of 256.0 KiB"):
+        queues.send_inputs(b"y" * (900 * 1024), method="echo")  # under inline_limit (1 MiB)
+    broker.close()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="cannot use .* as the value store"):
+        make(redis_server, namespace, value_store=blocker / "values")
 
 
 def test_a_big_value_sent_again_is_uploaded_and_downloaded_once(redis_server, namespace):

@@ -186,8 +186,11 @@ def _import_method(path: str):
         raise click.BadParameter(f"{path!r} is not of the form package.module:function")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise click.BadParameter(f"cannot import {module_name!r}: {error}") from None
+    except Exception as error:  # not found, a syntax error in it, a relative name, ...
+        hint = " (is its directory on PYTHONPATH?)" if isinstance(error, ImportError) else ""
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {type(error).__name__}: {error}{hint}"
+        ) from None
     try:
         return attribute, getattr(module, attribute)
     except AttributeError:
@@ -205,6 +208,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
             table = tomllib.load(handle).get("worker", {})
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise click.BadParameter(f"cannot read {path}: {error}") from None
+    if not isinstance(table, dict):
+        raise click.BadParameter(
+            f"{path}: 'worker' must be a table ([worker] followed by settings), not {table!r}"
+        )
     known = {p.name for p in ctx.command.params}
     aliases = {"redis": "redis_url", "queues": "lanes", "methods": "method_paths"}
     defaults = {}
@@ -408,7 +415,7 @@ def _lanes_empty(broker, lanes: list[str], failing: list[bool]) -> bool:
 @_redis_options
 @click.option(
     "--watch",
-    type=float,
+    type=click.FloatRange(min=0.1),
     default=None,
     metavar="SECONDS",
     help="Refresh every SECONDS until Ctrl-C.",
@@ -565,10 +572,21 @@ def purge(redis_url, namespace, insecure, queue, yes):
 
 def run() -> None:
     """Entry point that turns steersman's own errors into one line and a non-zero exit."""
+    import redis
+    from rich.markup import escape
+
     try:
         main(standalone_mode=True)
     except SteersmanError as error:
-        errors.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line, unwrapped
+        # one line, unwrapped
+        errors.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        sys.exit(2)
+    except redis.RedisError as error:  # a command that reads Redis directly
+        errors.print(
+            f"[red]error:[/red] Redis: {escape(str(error))}; is redis-server running there, "
+            "and is --redis (or STEERSMAN_REDIS_URL) right?",
+            soft_wrap=True,
+        )
         sys.exit(2)
 
 

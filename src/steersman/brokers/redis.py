@@ -472,17 +472,19 @@ return queued
 """
 
 _CANCEL_DELIVER = """
--- ARGV: ns, ttl, now, then (id, topic, queue, envelope of its cancelled Result or '') per
--- task. A queued task leaves its lane and its Result is delivered in the same step, so a
--- crash or a call repeated after a lost reply cannot leave it removed without a Result.
--- Tasks not queued (running) are flagged for their worker to stop.
+-- ARGV: ns, ttl, now, then (id, topic, queue, envelope of its cancelled Result, or '' if
+-- the task was not found) per task. A queued task leaves its lane and its Result is
+-- delivered in the same step, so a crash or a call repeated after a lost reply cannot
+-- leave it removed without a Result. Tasks not queued (running) are flagged for their
+-- worker to stop.
 local ns, ttl, now = ARGV[1], ARGV[2], ARGV[3]
 local queued, running = {}, {}
 for i = 4, #ARGV, 4 do
   local id, topic, queue, envelope = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   local lane = redis.call('HGET', ns .. ':laneof', id)
-  if lane and redis.call('LREM', ns .. ':lane:' .. lane, 0, id) > 0 then
-    if envelope ~= '' and redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
+  -- No envelope: the task was not there when its Result was to be made; left as it is.
+  if lane and envelope ~= '' and redis.call('LREM', ns .. ':lane:' .. lane, 0, id) > 0 then
+    if redis.call('SET', ns .. ':done:' .. id, '1', 'NX', 'EX', ttl) then
       local results = ns .. ':result:' .. topic
       redis.call('RPUSH', results, envelope)
       redis.call('EXPIRE', results, ttl)
@@ -662,7 +664,13 @@ class RedisBroker:
         self.max_payload_bytes = max_payload_bytes
         self.value_dir = Path(value_store) if value_store is not None else None
         if self.value_dir is not None:
-            self.value_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.value_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot use {self.value_dir} as the value store: {error.strerror}; name "
+                    "a directory every client and worker can write"
+                ) from None
         self._connect()
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.role = "client"
@@ -800,7 +808,7 @@ class RedisBroker:
     # --------------------------------------------------------------------- value store
     def _externalize(self, task: Result) -> Result:
         """Check sizes; move inputs or a value over ``inline_limit`` to the value store."""
-        limit = self.inline_limit
+        limit = min(self.inline_limit, self.max_payload_bytes)
         if (task.inputs is None or len(task.inputs) <= limit) and (
             task.value_data is None or len(task.value_data) <= limit
         ):
@@ -811,7 +819,7 @@ class RedisBroker:
             ("value_data", "value_ref", "value"),
         ):
             data = getattr(task, field)
-            if data is None or len(data) <= self.inline_limit:
+            if data is None or len(data) <= limit:
                 continue
             if len(data) > self.max_payload_bytes:
                 raise SerializationError(
@@ -926,22 +934,27 @@ class RedisBroker:
                         f"Redis at {self.where} is unreachable ({error}); not waiting for it, "
                         f"as this {self.role} is stopping"
                     ) from error
-                if deadline is not None and time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(
-                        f"Redis at {self.where} is unreachable ({error}) after "
-                        f"{self.connect_timeout:g} s; is redis-server running there?"
-                    ) from error
-                logger.warning(
-                    "Redis at %s unreachable during %s (%s); retrying in %.2f s",
-                    self.where,
-                    what,
-                    error,
-                    delay,
-                )
+                pause = delay
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BrokerUnavailable(
+                            f"Redis at {self.where} is unreachable ({error}) after "
+                            f"{self.connect_timeout:g} s; is redis-server running there?"
+                        ) from error
+                    pause = min(delay, left)
+                if delay in (0.05, 5.0):  # the first retry, then one line per 5 s
+                    logger.warning(
+                        "Redis at %s unreachable during %s (%s); retrying in %.2f s",
+                        self.where,
+                        what,
+                        error,
+                        pause,
+                    )
                 if give_up is not None:
-                    give_up.wait(delay)
+                    give_up.wait(pause)
                 else:
-                    time.sleep(delay)
+                    time.sleep(pause)
                 delay = min(delay * 2, 5.0)
 
     # --------------------------------------------------------------------------- tasks
@@ -1636,19 +1649,24 @@ class RedisBroker:
         # script uses those of the tasks it finds queued.
         envelopes = self._call("read tasks", self.redis.hmget, self._k("task"), ids)
         args: list[Any] = [self.ttl_seconds, time.time()]
+        unreadable: list[str] = []
         for task_id, data in zip(ids, envelopes, strict=True):
             topic, queue, sealed = "default", "default", b""
             if data is not None:
                 try:
                     task = self._open(data, load_values=False)
                 except EnvelopeError as error:
-                    logger.error(
-                        "cancelling task %s, whose envelope is not readable: %s", task_id, error
-                    )
-                else:
-                    task.finish_failed("cancelled", "Cancelled", "cancelled while queued")
-                    topic, queue, sealed = task.topic, task.queue, self._seal(task)
+                    unreadable.append(f"{task_id} ({error})")
+                    continue
+                task.finish_failed("cancelled", "Cancelled", "cancelled while queued")
+                topic, queue, sealed = task.topic, task.queue, self._seal(task)
             args += [task_id, topic, queue, sealed]
+        if unreadable:
+            # Without its envelope no Result could tell the thinker: cancel nothing.
+            raise EnvelopeError(
+                f"nothing cancelled: cannot read task(s) {'; '.join(unreadable)}; set "
+                f"{HMAC_KEY_ENV} to the key of the run that sent them"
+            )
         queued, running = self._run("cancel_deliver", *args)
         return len(queued), len(running)
 
