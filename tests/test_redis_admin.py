@@ -193,6 +193,41 @@ def test_big_values_travel_by_reference_and_oversized_ones_are_refused(
         broker.close()
 
 
+def test_results_handed_back_and_bells_rung_again_still_expire(redis_server, namespace, tmp_path):
+    # Results given back by a closing reader or by the reaper, and the wake-up bell of a
+    # failed task queued again, land in keys that may have to be made anew: each expires.
+    raw = redis.Redis.from_url(redis_server.url)
+    results, bell = f"{namespace}:result:default", f"{namespace}:bell:sim"
+
+    def assert_expires(key):
+        assert raw.exists(key) and raw.ttl(key) > 0, f"{key} never expires"
+
+    broker, queues = make(redis_server, namespace, ttl_seconds=3600)
+    queues.send_batch([(i, 1) for i in range(5)], method="add")
+    queues.send_inputs(str(tmp_path / "never"), method="fail_unless")
+    with WorkerPool(queues, [methods.add, methods.fail_unless], mode="thread"):
+        wait_until(lambda: raw.llen(results) == 6, 30, "six results")
+    assert queues.get_result(timeout=5) is not None  # takes all six, hands out one
+    queues.close()  # gives five back
+    assert_expires(results)
+
+    reader = RedisBroker(redis_server.url, namespace, hmac_key=TEST_KEY, ttl_seconds=3600)
+    assert reader.get_result("default", timeout=5) is not None  # none acknowledged yet
+    raw.delete(f"{namespace}:hb:{reader.consumer}")  # as if it died
+    other = RedisBroker(redis_server.url, namespace, hmac_key=TEST_KEY, ttl_seconds=3600)
+    assert other.reap(force=True) == 5
+    assert_expires(results)
+
+    raw.delete(bell)
+    assert other.requeue_failed() == 1
+    assert_expires(bell)
+    other.purge("sim")
+    assert not raw.exists(bell)  # no wake-ups left for tasks that are gone
+    for b in (reader, other):
+        b._closed = True  # no tidying: the reader is "dead"
+        b.redis.close()
+
+
 def test_the_payload_limit_holds_below_the_inline_limit_and_a_bad_store_is_named(
     redis_server, namespace, tmp_path
 ):

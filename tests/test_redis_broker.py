@@ -708,7 +708,7 @@ def test_a_reap_between_a_move_and_its_acknowledgement_hands_out_the_result_once
     pipe = raw.pipeline(transaction=False)  # one turn of Redis's loop: move, then the reap
     pipe.rpush(f"{ns}:result:default", producer._seal(_final_result("X")))
     pipe.delete(f"{ns}:hb:{reader.consumer}")
-    pipe.evalsha(producer._scripts["reap"].sha, 0, ns, 1, "1")
+    pipe.evalsha(producer._scripts["reap"].sha, 0, ns, 1, "1", 3600)
     pipe.execute()
     waiting.join(15)
     while (result := reader.get_result("default", timeout=1)) is not None:

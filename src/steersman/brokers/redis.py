@@ -304,7 +304,7 @@ return delivered
 """
 
 _REQUEUE = """
--- ARGV: ns, consumer, id, lane, queue, envelope, front
+-- ARGV: ns, consumer, id, lane, queue, envelope, front, ttl
 -- The envelope now carries the whole attempt count, so lost leases are not counted again.
 -- Only a task this consumer still holds and that has no final result goes back: a call
 -- retried after a lost reply, or for a task the reaper already handed on, changes nothing.
@@ -323,6 +323,7 @@ else
 end
 redis.call('RPUSH', ns .. ':bell:' .. ARGV[5], '1')
 redis.call('LTRIM', ns .. ':bell:' .. ARGV[5], -64, -1)
+redis.call('EXPIRE', ns .. ':bell:' .. ARGV[5], ARGV[8])
 return 1
 """
 
@@ -340,8 +341,8 @@ return 1
 """
 
 _REAP = """
--- ARGV: ns, lock_ms, force
-local ns = ARGV[1]
+-- ARGV: ns, lock_ms, force, ttl
+local ns, ttl = ARGV[1], ARGV[4]
 if ARGV[3] ~= '1' and (redis.call('EXISTS', ns .. ':noreap') == 1
     or not redis.call('SET', ns .. ':reaplock', '1', 'NX', 'PX', ARGV[2])) then
   return -1
@@ -360,6 +361,7 @@ for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
         local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
         redis.call('RPUSH', bell, '1')
         redis.call('LTRIM', bell, -64, -1)
+        redis.call('EXPIRE', bell, ttl)
         moved = moved + 1
       end
     end
@@ -373,6 +375,7 @@ for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
         redis.call('LPUSH', ns .. ':result:' .. topic, item)
         n = n + 1
       end
+      if n > 0 then redis.call('EXPIRE', ns .. ':result:' .. topic, ttl) end
       moved = moved + n
     end
     for _, topic in ipairs(redis.call('SMEMBERS', topics)) do
@@ -446,11 +449,13 @@ return {lost, redis.call('LLEN', ns .. ':result:' .. topic), redis.call('LLEN', 
 """
 
 _RELEASE_RESULTS = """
--- ARGV: ns, consumer, topic, then the envelopes taken but not handed to the caller, in order
+-- ARGV: ns, consumer, topic, ttl, then the envelopes taken but not handed to the caller, in
+-- order
 local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
 redis.call('DEL', ns .. ':unacked:' .. c .. ':' .. topic, ns .. ':useq:' .. c .. ':' .. topic)
 redis.call('SREM', ns .. ':utopics:' .. c, topic)
-for i = #ARGV, 4, -1 do redis.call('LPUSH', ns .. ':result:' .. topic, ARGV[i]) end
+for i = #ARGV, 5, -1 do redis.call('LPUSH', ns .. ':result:' .. topic, ARGV[i]) end
+if #ARGV >= 5 then redis.call('EXPIRE', ns .. ':result:' .. topic, ARGV[4]) end
 return 1
 """
 
@@ -532,12 +537,14 @@ for i = 2, #ARGV do
     n = n + 1
   end
   redis.call('DEL', lane)
+  redis.call('DEL', ns .. ':bell:' .. string.match(ARGV[i], '^([^:]+)'))  -- its wake-ups
 end
 return n
 """
 
 _REVIVE = """
--- ARGV: ns, id, lane, queue, envelope. Queues a failed task again, if still recorded failed.
+-- ARGV: ns, id, lane, queue, envelope, ttl. Queues a failed task again, if still recorded
+-- failed.
 local ns, id, lane, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('DEL', ns .. ':failed:' .. id) == 0 then return 0 end
 redis.call('DEL', ns .. ':done:' .. id)
@@ -548,6 +555,7 @@ redis.call('HSET', ns .. ':laneof', id, lane)
 redis.call('RPUSH', ns .. ':lane:' .. lane, id)
 redis.call('RPUSH', ns .. ':bell:' .. queue, '1')
 redis.call('LTRIM', ns .. ':bell:' .. queue, -64, -1)
+redis.call('EXPIRE', ns .. ':bell:' .. queue, ARGV[6])
 return 1
 """
 
@@ -1090,7 +1098,7 @@ class RedisBroker:
         """
         lock_ms = max(1, int(min(self.lease_seconds / 3, REAP_PERIOD) * 1000 * 0.9))
         moved = self._scripts["reap"](
-            keys=[], args=[self.namespace, lock_ms, "1" if force else "0"]
+            keys=[], args=[self.namespace, lock_ms, "1" if force else "0", self.ttl_seconds]
         )
         if moved > 0:
             logger.warning(
@@ -1383,6 +1391,7 @@ class RedisBroker:
             task.queue,
             self._seal(task),
             "1" if front else "0",
+            self.ttl_seconds,
         )
         # Forgotten only once it has left the held list, so a fetch that looks for unseen
         # held tasks meanwhile does not take it back.
@@ -1712,7 +1721,9 @@ class RedisBroker:
                 continue
             task.reset_for_retry(attempt=1)
             task.worker = None
-            count += self._run("revive", task_id, task.lane, task.queue, self._seal(task))
+            count += self._run(
+                "revive", task_id, task.lane, task.queue, self._seal(task), self.ttl_seconds
+            )
         return count
 
     def status(self) -> dict[str, Any]:
@@ -1769,7 +1780,8 @@ class RedisBroker:
             with self._results_lock:
                 for topic, buffer in self._buffers.items():
                     self._scripts["release_results"](
-                        keys=[], args=[self.namespace, self.consumer, topic, *buffer]
+                        keys=[],
+                        args=[self.namespace, self.consumer, topic, self.ttl_seconds, *buffer],
                     )
                     buffer.clear()
             held = self.redis.llen(self._k("held", self.consumer))
