@@ -202,7 +202,7 @@ def test_results_handed_back_and_bells_rung_again_still_expire(redis_server, nam
     def assert_expires(key):
         assert raw.exists(key) and raw.ttl(key) > 0, f"{key} never expires"
 
-    broker, queues = make(redis_server, namespace, ttl_seconds=3600)
+    _broker, queues = make(redis_server, namespace, ttl_seconds=3600)
     queues.send_batch([(i, 1) for i in range(5)], method="add")
     queues.send_inputs(str(tmp_path / "never"), method="fail_unless")
     with WorkerPool(queues, [methods.add, methods.fail_unless], mode="thread"):

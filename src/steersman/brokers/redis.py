@@ -762,6 +762,8 @@ class RedisBroker:
         consumer = spec.pop("consumer")
         broker = cls(**spec, insecure=True, connect_timeout=0)
         broker.consumer = consumer
+        # Exactly the client's key, or none: not one this process's environment may hold.
+        broker.key = spec["hmac_key"]
         broker._connect(socket_timeout=DIRECT_DELIVERY_TIMEOUT)
         return broker
 
