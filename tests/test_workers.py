@@ -233,3 +233,28 @@ def test_timeout_clock_starts_when_the_worker_is_ready_not_when_it_boots():
         queues.send_inputs(1, 2, method="add", timeout=0.05)
         result = queues.get_result(timeout=60)
     assert result.success, result.failure
+
+
+def test_two_pools_of_different_methods_may_not_share_a_queue():
+    queues = Queues(methods=["add", "echo"])  # both on the default queue
+    with WorkerPool(queues, [methods.add], mode="thread"):
+        with pytest.raises(ConfigurationError, match="both serve queue 'default'"):
+            WorkerPool(queues, [methods.echo], mode="thread").start()
+        with WorkerPool(queues, [methods.add], mode="thread"):  # more of the same: fine
+            queues.send_inputs(1, 2, method="add")
+            assert queues.get_result(timeout=30).value == 3
+    with WorkerPool(queues, [methods.echo], mode="thread"):  # the other one has stopped
+        queues.send_inputs("x", method="echo")
+        assert queues.get_result(timeout=30).value == "x"
+
+
+def test_a_timeout_of_weeks_is_kept_and_one_that_is_not_a_number_refused():
+    queues = Queues(methods=["add"])
+    for bad in (float("inf"), float("nan"), -1, 0):
+        with pytest.raises(ConfigurationError, match="timeout must be positive, finite"):
+            queues.send_inputs(1, 2, method="add", timeout=bad)
+    with WorkerPool(queues, [methods.add], workers=1):
+        queues.send_inputs(1, 2, method="add", timeout=30 * 24 * 3600)
+        assert queues.get_result(timeout=60).value == 3
+        queues.send_inputs(2, 2, method="add")  # the pool still serves
+        assert queues.get_result(timeout=60).value == 4

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -79,6 +81,8 @@ class Queues:
         self._active: dict[str, int] = dict.fromkeys(self.topics, 0)
         self._outstanding: dict[str, str] = {}  # task_id -> topic, for tasks not yet complete
         self._abort: Flag | None = None
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Worker pools started on these queues in this process."""
 
     # ----------------------------------------------------------------------- declarations
     @property
@@ -198,8 +202,12 @@ class Queues:
             raise ConfigurationError(
                 f"priority {priority!r} is not one of {', '.join(map(repr, PRIORITIES))}"
             )
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or not 0 < timeout < math.inf
+        ):
+            raise ConfigurationError(
+                f"timeout must be positive, finite seconds (or None for none), got {timeout!r}"
+            )
         retries = self.max_retries if max_retries is None else max_retries
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"max_retries must be a whole number >= 0, got {retries!r}")

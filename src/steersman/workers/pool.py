@@ -215,6 +215,7 @@ class WorkerPool:
         """Start the workers. Returns the pool, so ``pool = WorkerPool(...).start()`` works."""
         if self._impl is not None:
             raise PoolError(f"worker pool {self.name} is already started")
+        self._check_siblings()
         impl_type = _ProcessWorkers if self.mode == "process" else _ThreadWorkers
         self._impl = impl_type(self)
         self._impl.start()
@@ -226,6 +227,24 @@ class WorkerPool:
             ", ".join(self.lanes),
         )
         return self
+
+    def _check_siblings(self) -> None:
+        """Refuse to share a queue with a running pool of other methods: each task of the
+        queue would go to whichever pool took it first, and fail there if that pool lacks
+        its method."""
+        for other in list(self.queues._pools):
+            if other._impl is None:
+                continue
+            shared = [q for q in self.serves if q in other.serves]
+            if shared and set(other.methods) != set(self.methods):
+                raise ConfigurationError(
+                    f"pools {other.name} and {self.name} both serve queue {shared[0]!r} but "
+                    f"run different methods ({', '.join(sorted(other.methods))} vs "
+                    f"{', '.join(sorted(self.methods))}): a task goes to whichever pool takes "
+                    "it first. Give each group of methods its own queue, e.g. "
+                    "Queues(methods={'simulate': 'sim', 'train': 'ml'})"
+                )
+        self.queues._pools.add(self)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking tasks, let running ones finish for up to ``timeout`` seconds, then kill
@@ -804,7 +823,10 @@ class _ProcessWorkers:
                         selector.register(
                             worker.process.sentinel, selectors.EVENT_READ, (worker, True)
                         )
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                # Capped: select refuses waits of weeks (a task's timeout may be that long).
+                timeout = (
+                    None if deadline is None else min(max(0.0, deadline - time.monotonic()), 3600)
+                )
                 readable: list[_Worker] = []
                 ended: list[_Worker] = []
                 for key, _ in selector.select(timeout):
