@@ -155,8 +155,10 @@ def persist(what: str, call: Callable[[], Any], give_up: threading.Event) -> Any
 class WorkerPool:
     """A pool of local workers serving the queues of the methods it is given.
 
-    Run one pool per group of methods to give each group its own workers::
+    Run one pool per group of methods, each group on its own queue, to give each group its
+    own workers (a pool serves whole queues)::
 
+        queues = Queues(methods={"simulate": "sim", "train": "ml"})
         with WorkerPool(queues, [simulate], workers=4), WorkerPool(queues, [train], workers=1):
             thinker.run()
 
