@@ -107,3 +107,12 @@ def fail_unless(path):
 
 def big_value(n_bytes):
     return b"x" * n_bytes
+
+
+def start_program_then_wait(pid_path):
+    """Start a program (as a task running an external code does), note its pid, then wait."""
+    import subprocess
+
+    program = subprocess.Popen(["sleep", "60"])
+    Path(pid_path).write_text(str(program.pid))
+    time.sleep(60)

@@ -258,3 +258,25 @@ def test_a_timeout_of_weeks_is_kept_and_one_that_is_not_a_number_refused():
         assert queues.get_result(timeout=60).value == 3
         queues.send_inputs(2, 2, method="add")  # the pool still serves
         assert queues.get_result(timeout=60).value == 4
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_a_timeout_also_kills_the_programs_its_task_started(tmp_path):
+    queues = Queues(methods=["start_program_then_wait"])
+    pid_path = tmp_path / "pid"
+    with WorkerPool(queues, [methods.start_program_then_wait], workers=1):
+        queues.send_inputs(str(pid_path), method="start_program_then_wait", timeout=2)
+        wait_until(pid_path.exists, 30, "the program to start")
+        program = int(pid_path.read_text())
+        assert _running(program)
+        result = queues.get_result(timeout=60)
+        assert result.failure.kind == "timeout"
+        wait_until(lambda: not _running(program), 10, "the task's program to be killed")

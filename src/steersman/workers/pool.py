@@ -423,6 +423,25 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _own_group() -> None:
+    """Lead a process group of its own, so that killing a worker (for a timeout, a cancel,
+    a stop) also kills the programs its task started (a quantum-chemistry code, a shell)."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+
+
+def _kill(worker: _Worker) -> None:
+    """Kill a worker process and whatever its task started (its process group)."""
+    pid = worker.process.pid
+    try:
+        if pid and os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    except OSError:
+        pass  # already gone, or not a group of its own: the process alone
+    worker.process.kill()
+
+
 DELIVERED = b"\x00"
 """First byte of a worker's note that it delivered a result to the broker itself (a batch of
 results, msgpack, never starts with it)."""
@@ -461,6 +480,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    _own_group()
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     direct = None
@@ -626,7 +646,7 @@ class _ProcessWorkers:
                         ", ".join(sorted(hit)),
                         worker.worker_id,
                     )
-                    worker.process.kill()
+                    _kill(worker)
 
     def _spawn(self, index: int) -> _Worker:
         label = f"{self.pool.name}-w{index}"
@@ -661,7 +681,7 @@ class _ProcessWorkers:
             # Blocked writing to a busy worker (killing the workers unblocks it), or handing
             # tasks back to a broker that is away.
             for worker in workers:
-                worker.process.kill()
+                _kill(worker)
             self.feeder.join(STOP_WAIT_FOR_BROKER)
         for worker in workers:
             with contextlib.suppress(OSError):
@@ -673,7 +693,7 @@ class _ProcessWorkers:
                 logger.warning(
                     "worker %s still busy after %.1f s; killing it", worker.worker_id, timeout
                 )
-                worker.process.kill()
+                _kill(worker)
         self._wake()
         self.collector.join(max(0.0, deadline - time.monotonic()) + STOP_WAIT_FOR_BROKER)
         if self.collector.is_alive() or self.feeder.is_alive():
@@ -882,7 +902,7 @@ class _ProcessWorkers:
                         head.timeout,
                         worker.worker_id,
                     )
-                    worker.process.kill()
+                    _kill(worker)
 
     def _drain(self, worker: _Worker, limit: int | None = DRAIN_LIMIT) -> None:
         """Read what the worker has written: at most ``limit`` messages, so one chatty
