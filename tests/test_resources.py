@@ -194,3 +194,32 @@ def test_many_threads_reallocating_at_once_end_in_a_deterministic_state():
     assert errors == []
     snapshot = rec.snapshot()
     assert snapshot == {None: (0, 0), **{p: (10, 10) for p in pools}}
+
+
+def test_reallocating_all_moves_what_is_left_when_its_turn_comes():
+    # A move of "all" waiting behind another move takes what the pool has when its turn
+    # comes, not what it had when asked (it could never be granted, and blocked the pool).
+    rec = ResourceCounter(4, ["sim", "ml"])
+    rec.reallocate(None, "sim", 4)
+    assert rec.acquire("sim", 4)
+    first = threading.Thread(target=lambda: rec.reallocate("sim", "ml", 2))
+    first.start()
+    wait_until(lambda: len(rec._waiters["sim"]) == 1, 5, "the first move to wait")
+    moved = []
+    second = threading.Thread(
+        target=lambda: moved.append(rec.reallocate("sim", None, "all", timeout=10))
+    )
+    second.start()
+    wait_until(lambda: len(rec._waiters["sim"]) == 2, 5, "the second move to wait")
+    rec.release("sim", 4)
+    first.join(10)
+    second.join(10)
+    assert moved == [True]
+    assert rec.snapshot() == {None: (2, 2), "sim": (0, 0), "ml": (2, 2)}
+
+
+def test_releasing_a_negative_count_is_refused():
+    rec = ResourceCounter(2, ["sim"])
+    with pytest.raises(ConfigurationError, match="whole number >= 0"):
+        rec.release("sim", -3)
+    assert rec.snapshot()["sim"] == (0, 0)

@@ -254,6 +254,31 @@ def test_event_responder_runs_when_event_is_set_and_clears_it(no_thread_leak):
     assert thinker.responses == 3
 
 
+def test_an_event_shared_with_another_component_still_triggers_its_responder(no_thread_leak):
+    # The Event is given to the thinker by something else, which keeps it and sets it.
+    trigger = threading.Event()
+    answered = threading.Semaphore(0)
+
+    class Thinker(BaseThinker):
+        def __init__(self, queues, event):
+            super().__init__(queues)
+            self.new_data = event
+
+        @agent
+        def watcher(self):  # stands for another component holding the same Event
+            trigger.set()
+            assert answered.acquire(timeout=10), "the responder did not run"
+            self.done.set()
+
+        @event_responder(event_name="new_data")
+        def respond(self):
+            answered.release()
+
+    thinker = Thinker(thread_queues("add"), trigger)
+    thinker.run()
+    assert thinker.new_data is trigger
+
+
 def test_event_responder_borrows_slots_and_hands_them_back(no_thread_leak):
     observed = {}
 

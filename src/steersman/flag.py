@@ -39,6 +39,22 @@ class Flag(threading.Event):
             self._wakers.pop(token, None)
 
 
+def as_flag(event: threading.Event) -> Flag:
+    """Turn a plain :class:`threading.Event` into a :class:`Flag` in place: the same object,
+    so whoever else holds it and sets it wakes the waits on it at once."""
+    if isinstance(event, Flag):
+        return event
+    if type(event) is not threading.Event:
+        raise TypeError(f"{type(event).__name__} is not a threading.Event or a Flag")
+    # The Flag's own state first: a set() from another thread may come the moment the
+    # class changes.
+    event._wakers = {}  # type: ignore[attr-defined]
+    event._wakers_lock = threading.Lock()  # type: ignore[attr-defined]
+    event._next_waker = 0  # type: ignore[attr-defined]
+    event.__class__ = Flag
+    return event  # type: ignore[return-value]
+
+
 # A plain threading.Event cannot wake another condition when it is set; waits that are given
 # one re-check it this often. Use a Flag (``thinker.done`` is one) to avoid that.
 PLAIN_EVENT_CHECK_SECONDS = 0.05

@@ -117,6 +117,8 @@ class ResourceCounter:
         """Mark ``n_slots`` of ``task`` free again; with ``rerequest``, acquire as many anew
         and return whether that succeeded."""
         self._check(task)
+        if not isinstance(n_slots, int) or n_slots < 0:
+            raise ConfigurationError(f"n_slots must be a whole number >= 0, got {n_slots!r}")
         with self._cond:
             if self._available[task] + n_slots > self._allocated[task]:
                 raise ConfigurationError(
@@ -162,15 +164,45 @@ class ResourceCounter:
             threading.Thread(target=move, name="steersman-reallocate", daemon=True).start()
             return True
         with self._cond:
-            count = self._allocated[task_from] if n_slots == "all" else n_slots
-            if not self.acquire(task_from, count, timeout=timeout, cancel_if=cancel_if):
-                return False
+            if n_slots == "all":
+                # How many is read when this request's turn comes and every slot is free:
+                # requests ahead of it may move some away meanwhile.
+                if not self._take_all(task_from, timeout, cancel_if):
+                    return False
+                count = self._allocated[task_from]
+            else:
+                count = n_slots
+                if not self.acquire(task_from, count, timeout=timeout, cancel_if=cancel_if):
+                    return False
             self._allocated[task_from] -= count
             self._allocated[task_to] += count
             self._available[task_to] += count
             self._cond.notify_all()
         logger.info("moved %d slot(s) from %r to %r", count, task_from, task_to)
         return True
+
+    def _take_all(
+        self, task: str | None, timeout: float, cancel_if: threading.Event | None
+    ) -> bool:
+        """Wait in line until every slot of ``task`` is free, then take them all (called
+        holding the lock)."""
+        ticket = object()
+        line = self._waiters[task]
+        line.append(ticket)
+        try:
+            granted = wait_for(
+                self._cond,
+                lambda: line[0] is ticket and self._available[task] == self._allocated[task],
+                deadline_after(timeout),
+                cancel_if,
+                self._abort,
+            )
+            if granted:
+                self._available[task] = 0
+            return granted
+        finally:
+            line.remove(ticket)
+            self._cond.notify_all()
 
     def snapshot(self) -> dict[str | None, tuple[int, int]]:
         """``{task type: (allocated, available)}``, read atomically."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
 from steersman.errors import ConfigurationError, RunAborted
-from steersman.flag import Flag, wait_for
+from steersman.flag import Flag, as_flag, wait_for
 from steersman.queues.base import Queues
 from steersman.steer.resources import ResourceCounter
 from steersman.task import Result
@@ -381,17 +381,18 @@ class BaseThinker(threading.Thread):
                     f"create it in __init__: self.{spec.event_name} = threading.Event()"
                 )
             event = getattr(self, spec.event_name)
-            if not isinstance(event, Flag):
-                # Replace a plain Event (or nothing) with a Flag so waits on it never poll.
-                flag = Flag()
-                if isinstance(event, threading.Event) and event.is_set():
-                    flag.set()
-                elif event is not None and not isinstance(event, threading.Event):
+            if event is None:
+                setattr(self, spec.event_name, Flag())
+            else:
+                # A plain Event becomes a Flag in place, so waits on it never poll and
+                # whoever else holds it still sets the one the responder waits on.
+                try:
+                    as_flag(event)
+                except TypeError:
                     raise ConfigurationError(
                         f"{where} waits on attribute {spec.event_name!r}, which is "
-                        f"{type(event).__name__}, not an Event"
-                    )
-                setattr(self, spec.event_name, flag)
+                        f"{type(event).__name__}; make it a threading.Event or steersman.Flag"
+                    ) from None
             if spec.reallocate_resources:
                 for pool in (spec.gather_from, spec.gather_to, spec.disperse_to):
                     self.rec._check(pool)
