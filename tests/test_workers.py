@@ -11,6 +11,7 @@ import pytest
 import methods
 from conftest import wait_until
 from steersman import ConfigurationError, Queues, UnknownMethodError, WorkerPool
+from steersman.errors import PoolError
 
 
 def test_exception_in_task_returns_failure_with_traceback():
@@ -280,3 +281,23 @@ def test_a_timeout_also_kills_the_programs_its_task_started(tmp_path):
         result = queues.get_result(timeout=60)
         assert result.failure.kind == "timeout"
         wait_until(lambda: not _running(program), 10, "the task's program to be killed")
+
+
+def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog):
+    # The method's module exists here but not for the worker processes.
+    import importlib
+    import sys
+
+    module = tmp_path / "only_here.py"
+    module.write_text("def work(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    only_here = importlib.import_module("only_here")
+    module.unlink()
+    queues = Queues(methods=["work"])
+    pool = WorkerPool(queues, [only_here.work], workers=1).start()
+    try:
+        with pytest.raises(PoolError, match="workers in a row died while starting"):
+            pool.wait_for_workers(60)
+    finally:
+        pool.stop(timeout=1)
+        sys.modules.pop("only_here", None)

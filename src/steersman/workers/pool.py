@@ -270,7 +270,9 @@ class WorkerPool:
         return self._impl.worker_pids()
 
     def wait_for_workers(self, timeout: float | None = None) -> bool:
-        """Block until every worker process is up and waiting for work."""
+        """Block until every worker process is up and waiting for work. Returns False if
+        ``timeout`` passes first; raises :class:`PoolError` if the pool gave up starting
+        workers (they kept dying before they were ready)."""
         if self._impl is None:
             raise PoolError(f"worker pool {self.name} is not started")
         return self._impl.wait_ready(timeout)
@@ -602,6 +604,7 @@ class _ProcessWorkers:
         self.recent_running: float | None = None
         # Pipes of dead workers, closed at stop: the feeder may still be writing to one.
         self.boot_failures = 0
+        self.gave_up: str | None = None  # why the pool stopped replacing its workers
         self.idle_since: float | None = time.monotonic()
         self.closed_later: list[multiprocessing.connection.Connection] = []
 
@@ -727,12 +730,17 @@ class _ProcessWorkers:
     def wait_ready(self, timeout: float | None) -> bool:
         from steersman.flag import deadline_after, wait_for
 
-        with self.lock:
-            return wait_for(
-                self.lock,
-                lambda: all(w.ready for w in self.workers if w.alive),
-                deadline_after(timeout),
+        def settled() -> bool:
+            live = [w for w in self.workers if w.alive]
+            return self.gave_up is not None or (
+                len(live) == self.pool.n_workers and all(w.ready for w in live)
             )
+
+        with self.lock:
+            ready = wait_for(self.lock, settled, deadline_after(timeout))
+            if self.gave_up is not None:
+                raise PoolError(self.gave_up)
+            return ready
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -1013,12 +1021,17 @@ class _ProcessWorkers:
                 how,
             )
             if self.boot_failures >= MAX_BOOT_FAILURES:
-                logger.error(
-                    "%s: %d workers in a row died while starting; not starting more",
-                    self.pool.name,
-                    self.boot_failures,
+                reason = (
+                    f"{self.pool.name}: {self.boot_failures} workers in a row died while "
+                    f"starting ({how}); not starting more. Can the worker processes import "
+                    "the methods (are they defined in an importable module, not in __main__ "
+                    "of an interactive session)?"
                 )
+                logger.error("%s", reason)
                 replace = False
+                with self.lock:
+                    self.gave_up = reason
+                    self.lock.notify_all()
         else:
             self.boot_failures = 0
         if held:
