@@ -171,3 +171,9 @@ def test_send_batch_submits_many_with_keys_and_options(make_queues):
     assert queues.broker.queue_depths().get("default:high") == 50
     with pytest.raises(ConfigurationError, match="2 inputs but 1 keys"):
         queues.send_batch([(1, 1), (2, 2)], method="add", keys=["only-one"])
+    with pytest.raises(ConfigurationError, match="keys= .one per item., not key="):
+        queues.send_batch([(1, 1)], method="add", key="k")
+    with pytest.raises(ConfigurationError, match="unknown option.s. priorty"):
+        queues.send_batch([(1, 1)], method="add", priorty="high")
+    [shared] = queues.send_batch([(1,)], method="add", input_kwargs={"b": 5})
+    assert shared not in ids

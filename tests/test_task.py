@@ -119,3 +119,18 @@ def test_derived_times_use_one_clock_each():
 
 def test_lanes_are_ordered_high_to_low():
     assert lanes_of("sim") == ["sim:high", "sim", "sim:low"]
+
+
+def test_objects_that_fail_to_pickle_in_any_way_give_a_serialization_error():
+    from steersman.errors import SerializationError
+
+    class Refuses:
+        def __reduce__(self):
+            raise RuntimeError("no")
+
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    for bad in (Refuses(), nested):
+        with pytest.raises(SerializationError, match="cannot be serialized"):
+            dumps(bad)

@@ -279,7 +279,7 @@ def dumps(obj: Any, what: str = "object") -> bytes:
     """Pickle ``obj``; fall back to cloudpickle for lambdas, closures and ``__main__`` classes."""
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError) as plain_error:
+    except Exception as plain_error:  # PicklingError, TypeError, ValueError, RecursionError...
         try:
             return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:

@@ -31,6 +31,19 @@ from steersman.task import (
 
 logger = logging.getLogger(__name__)
 
+_TASK_OPTIONS = frozenset(
+    {
+        "task_info",
+        "resources",
+        "priority",
+        "timeout",
+        "max_retries",
+        "retry_on_exception",
+        "keep_inputs",
+    }
+)
+"""Options of a submission that every task of a batch shares."""
+
 DEFAULT_QUEUE = "default"
 DEFAULT_TOPIC = "default"
 
@@ -158,16 +171,26 @@ class Queues:
         """Submit one task per item of ``inputs`` in few round trips; return their ids.
 
         An item that is a tuple is the task's positional inputs; anything else is its one
-        input. ``keys``, if given, is one key (or ``None``) per item; ``options`` are those of
+        input. ``keys``, if given, is one key (or ``None``) per item; ``input_kwargs``, if
+        given, is one mapping for every task; the other ``options`` are those of
         :meth:`send_inputs`. Every task is acknowledged when this returns.
         """
+        input_kwargs = options.pop("input_kwargs", None)
+        if "key" in options:
+            raise ConfigurationError("send_batch takes keys= (one per item), not key=")
+        unknown = set(options) - _TASK_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"send_batch got unknown option(s) {', '.join(sorted(unknown))}; known: "
+                f"keys, input_kwargs, {', '.join(sorted(_TASK_OPTIONS))}"
+            )
         items = list(inputs)
         key_list = [None] * len(items) if keys is None else list(keys)
         if len(key_list) != len(items):
             raise ConfigurationError(f"send_batch got {len(items)} inputs but {len(key_list)} keys")
         make = self._task_maker(method=method, topic=topic, **options)
         tasks = [
-            make(item if isinstance(item, tuple) else (item,), None, key)
+            make(item if isinstance(item, tuple) else (item,), input_kwargs, key)
             for item, key in zip(items, key_list, strict=True)
         ]
         return self._submit(tasks)
