@@ -839,3 +839,39 @@ def test_a_value_altered_in_the_store_fails_its_task_with_a_reason(redis_server)
     assert "does not match its digest" in result.failure.message
     for b in (worker, client):
         b.close()
+
+
+def test_a_restarted_thinker_counts_the_keyed_tasks_it_sends_again_that_are_still_out(
+    redis_server,
+):
+    first = broker(redis_server)
+    sent = Queues(methods=["add"], topics=["sums"], broker=first).send_inputs(
+        1, 2, method="add", topic="sums", key="k1"
+    )
+    first.close()  # the thinker is gone; its task waits
+    again = broker(redis_server, first.namespace)
+    queues = Queues(methods=["add"], topics=["sums"], broker=again)
+    assert queues.send_inputs(1, 2, method="add", key="k1") == sent  # topic from the task
+    assert queues.active_count("sums") == 1 and queues.active_count("default") == 0
+    assert queues.send_inputs(1, 2, method="add", key="k1") == sent  # counted once
+    assert queues.active_count("sums") == 1
+    with WorkerPool(queues, [methods.add], mode="thread"):
+        assert queues.get_result(topic="sums", timeout=30).value == 3
+    assert queues.active_count("sums") == 0 and queues.wait_until_done(timeout=1)
+    again.close()
+
+
+def test_a_key_is_remembered_for_its_ttl_after_its_task_finished(redis_server):
+    # The record made at submission would lapse before the done-marker for a task that ran
+    # longer than the ttl; the final result renews it.
+    client = broker(redis_server, ttl_seconds=60)
+    queues = Queues(methods=["add"], broker=client)
+    task_id = queues.send_inputs(1, 2, method="add", key="mol-42")
+    raw = redis.Redis.from_url(redis_server.url)
+    record = f"{client.namespace}:key:mol-42"
+    raw.expire(record, 1)  # as if the task had run for most of the ttl
+    with WorkerPool(queues, [methods.add], mode="thread"):
+        assert queues.get_result(timeout=30).value == 3
+    assert raw.ttl(record) > 30
+    assert queues.send_inputs(1, 2, method="add", key="mol-42") == task_id
+    client.close()

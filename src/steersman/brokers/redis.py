@@ -232,7 +232,8 @@ return {id, envelope, redis.call('HGET', ns .. ':lost', id) or '0', left}
 
 _DELIVER = """
 -- ARGV: ns, consumer, ttl, now, then per result: id, topic, queue, final ('1' for a final
--- result, else the place of a partial one: attempt * 2^32 + part), failed, envelope.
+-- result, else the place of a partial one: attempt * 2^32 + part), failed, envelope, key
+-- ('' if none: a final result renews its key's record, so the key outlives the task by ttl).
 -- Expiries, counters and deletions are made once per call, not once per result. A partial
 -- result goes out only if it comes after the last one of its task that did (a delivery
 -- repeated after a lost reply is not pushed twice) and before its task's final one.
@@ -243,9 +244,9 @@ local delivered = 0
 local topics, counts, finished = {}, {}, {}
 local any_failed, any_parts = false, false
 local cancels = redis.call('EXISTS', ns .. ':cancel') == 1
-for i = 5, #ARGV, 6 do
+for i = 5, #ARGV, 7 do
   local id, topic, queue = ARGV[i], ARGV[i+1], ARGV[i+2]
-  local final, failed, envelope = ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local final, failed, envelope, key = ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
   local results = ns .. ':result:' .. topic
   if final ~= '1' then
     local last = tonumber(redis.call('HGET', parts, id) or '-1')
@@ -261,6 +262,11 @@ for i = 5, #ARGV, 6 do
       redis.call('RPUSH', results, envelope)
       topics[results] = true
       delivered = delivered + 1
+      if key ~= '' then
+        local record = ns .. ':key:' .. key
+        local holder = redis.call('GET', record)
+        if not holder or holder == id then redis.call('SET', record, id, 'EX', ttl) end
+      end
       local counter = (failed == '1' and 'failed:' or 'done:') .. queue
       counts[counter] = (counts[counter] or 0) + 1
       if failed == '1' then
@@ -1006,6 +1012,19 @@ class RedisBroker:
                     out.append((first, first == task.task_id))
         return out
 
+    def pending(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The topic of each of ``task_ids`` that is queued or running (no final result)."""
+        envelopes = self._call("read tasks", self.redis.hmget, self._k("task"), list(task_ids))
+        out = {}
+        for task_id, data in zip(task_ids, envelopes, strict=True):
+            if data is None:
+                continue
+            try:
+                out[task_id] = self._open(data, load_values=False).topic
+            except EnvelopeError as error:
+                logger.error("task %s is not readable here: %s", task_id, error)
+        return out
+
     def _pack(self, tasks: Sequence[Result]) -> bytes:
         """The submit script's one argument for ``tasks``: id, lane, queue, signed envelope
         and key of each, each field its length and its bytes."""
@@ -1443,6 +1462,7 @@ class RedisBroker:
                 "1" if result.complete else str((result.attempt << 32) + result.part),
                 "1" if result.complete and not result.success else "0",
                 envelope,
+                (result.key or "") if result.complete else "",
             ]
         if results:
             self._run("deliver", *args)

@@ -304,12 +304,30 @@ class Queues:
                 self._forget(task.task_id)
             raise
         ids = []
+        earlier = []
         for task, (task_id, accepted) in zip(tasks, outcomes, strict=True):
             if not accepted:
                 self._forget(task.task_id)
                 logger.debug("task with key %r already submitted as %s", task.key, task_id)
+                earlier.append(task_id)
             ids.append(task_id)
+        if earlier:
+            self._track_earlier(earlier)
         return ids
+
+    def _track_earlier(self, task_ids: list[str]) -> None:
+        """Count tasks sent earlier under the same keys, maybe by a thinker that ran before
+        this one on the same namespace, that have no final result yet: theirs will come."""
+        pending = getattr(self.broker, "pending", None)
+        with self._count_cond:
+            unknown = [t for t in task_ids if t not in self._outstanding]
+        if pending is None or not unknown:
+            return
+        for task_id, topic in pending(unknown).items():
+            with self._count_cond:
+                if task_id not in self._outstanding and topic in self._active:
+                    self._outstanding[task_id] = topic
+                    self._active[topic] += 1
 
     def _forget(self, task_id: str) -> None:
         with self._count_cond:
