@@ -113,6 +113,23 @@ def test_cancel_reaches_queued_and_running_tasks(redis_server, namespace, cli, t
     broker.close()
 
 
+def test_cancelling_a_task_running_on_a_thread_worker_replaces_its_outcome(
+    redis_server, namespace, tmp_path
+):
+    broker, queues = make(redis_server, namespace, lease_seconds=1.5)
+    gate = tmp_path / "gate"
+    task_id = queues.send_inputs(str(gate), 60, method="wait_for_file")
+    with WorkerPool(queues, [methods.wait_for_file], mode="thread") as pool:
+        wait_until((tmp_path / "gate.started").exists, 30, "the task to start")
+        assert broker.cancel([task_id]) == (0, 1)
+        wait_until(lambda: task_id in pool._impl.cancelled, 30, "the pool to hear of it")
+        gate.touch()  # the task (a thread, which cannot be stopped) ends
+        result = queues.get_result(timeout=30)
+    assert result.task_id == task_id and result.failure.kind == "cancelled"
+    assert "thread worker cannot stop" in result.failure.message
+    broker.close()
+
+
 def test_cancel_without_the_runs_key_changes_nothing_and_says_why(redis_server, namespace):
     # No Result could be made for a task whose envelope cannot be read: the task stays
     # queued, with its key, and the command says which key to set.

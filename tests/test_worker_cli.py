@@ -95,3 +95,30 @@ def test_worker_with_a_method_that_does_not_import_says_so(redis_server, namespa
     )
     assert done.returncode == 2
     assert "cannot import 'no_such_module'" in done.stderr
+
+
+def test_a_worker_started_beside_its_methods_module_finds_it(redis_server, namespace, tmp_path):
+    # As `python -m` does: `steersman worker --method tasks:triple` from the directory that
+    # holds tasks.py, without setting PYTHONPATH.
+    import os
+    from pathlib import Path
+
+    (tmp_path / "tasks.py").write_text("def triple(x):\n    return 3 * x\n")
+    broker = RedisBroker(redis_server.url, namespace, hmac_key=b"test-signing-key")
+    queues = Queues(methods={"triple": "sim"}, broker=broker)
+    queues.send_inputs(7, method="triple")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["STEERSMAN_HMAC_KEY"] = "test-signing-key"
+    steersman = Path(sys.executable).parent / "steersman"
+    where = ["--redis", redis_server.url, "--namespace", namespace, "--queues", "sim"]
+    done = subprocess.run(
+        [str(steersman), "worker", *where, "--method", "tasks:triple", "--burst"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert queues.get_result(timeout=30).value == 21
+    broker.close()

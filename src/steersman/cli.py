@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import sys
 
@@ -184,6 +185,9 @@ def _import_method(path: str):
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"{path!r} is not of the form package.module:function")
+    # As with `python -m`: modules in the directory the worker is started from are found.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # not found, a syntax error in it, a relative name, ...

@@ -37,6 +37,7 @@ from steersman.errors import ConfigurationError, EnvelopeError, PoolError
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
+    Failure,
     Result,
     WorkerInfo,
     decode_batch,
@@ -293,8 +294,14 @@ class _ThreadWorkers:
         self.stop_flag = _new_flag()
         self.abandon = threading.Event()  # stop() gave up waiting for the broker
         self.threads: list[threading.Thread] = []
+        self.cancelled: set[str] = set()  # running tasks someone asked to cancel
+        self.running: set[str] = set()
+        self.lock = threading.Lock()
 
     def start(self) -> None:
+        handlers = getattr(self.pool.queues.broker, "cancel_handlers", None)
+        if handlers is not None:
+            handlers.append(self._cancel)
         for index in range(self.pool.n_workers):
             worker_id = worker_id_for(f"{self.pool.name}-t{index}")
             thread = threading.Thread(
@@ -319,10 +326,28 @@ class _ThreadWorkers:
             if task is None:
                 continue
             task.timestamps.picked_up = time.time()
+            with self.lock:
+                self.running.add(task.task_id)
             for result in execute(
                 task, pool.methods.get(task.method), worker_id, own_process=False
             ):
                 result.timestamps.result_queued = time.time()
+                if result.complete:
+                    with self.lock:
+                        self.running.discard(task.task_id)
+                        cancelled = task.task_id in self.cancelled
+                        self.cancelled.discard(task.task_id)
+                    if cancelled:
+                        # A thread cannot be stopped: the task ran on, and its outcome is
+                        # replaced by what was asked for.
+                        result.set_failure(
+                            Failure(
+                                kind="cancelled",
+                                type="Cancelled",
+                                message="cancelled on request; a thread worker cannot stop a "
+                                "running task, so it ran to the end and its outcome was dropped",
+                            )
+                        )
                 # A final result may be retried; a partial one is passed on as it is.
                 deliver = retry_or_deliver if result.complete else settle_partial
                 persist(
@@ -331,7 +356,14 @@ class _ThreadWorkers:
                     self.abandon,
                 )
 
+    def _cancel(self, task_ids: list[str]) -> None:
+        with self.lock:
+            self.cancelled |= set(task_ids) & self.running
+
     def stop(self, timeout: float) -> None:
+        handlers = getattr(self.pool.queues.broker, "cancel_handlers", None)
+        with contextlib.suppress(AttributeError, ValueError):
+            handlers.remove(self._cancel)
         self.stop_flag.set()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
