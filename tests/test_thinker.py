@@ -229,6 +229,27 @@ def test_task_submitter_reads_n_slots_from_an_attribute(no_thread_leak):
     assert thinker.acquired == [0]  # all three slots were taken at once
 
 
+def test_a_task_submitter_whose_slot_count_drops_to_zero_stops_the_run_saying_so(
+    no_thread_leak,
+):
+    class Thinker(BaseThinker):
+        def __init__(self, queues):
+            super().__init__(queues, ResourceCounter(3, ["sim"]))
+            self.rec.reallocate(None, "sim", 3)
+            self.batch = 1
+            self.calls = 0
+
+        @task_submitter(task_type="sim", n_slots="batch")
+        def submit(self):
+            self.calls += 1
+            self.batch = 0  # e.g. a batch size computed from what is left
+
+    thinker = Thinker(thread_queues("add"))
+    with pytest.raises(ConfigurationError, match="n_slots of 1 or more, got 0"):
+        thinker.run()
+    assert thinker.calls == 1
+
+
 def test_event_responder_runs_when_event_is_set_and_clears_it(no_thread_leak):
     class Thinker(BaseThinker):
         def __init__(self, queues):
@@ -315,6 +336,25 @@ def test_event_responder_borrows_slots_and_hands_them_back(no_thread_leak):
     assert thinker.rec.allocated_slots("ml") == 0
     assert thinker.rec.allocated_slots("sim") == 4
     assert thinker.rec.available_slots("sim") == 4
+
+
+def test_an_event_responder_that_would_move_slots_in_a_circle_is_refused(no_thread_leak):
+    for bad, message in (
+        ({"gather_from": "sim", "gather_to": "sim"}, "into itself"),
+        ({"gather_from": "sim", "gather_to": "ml", "slot_step": 0}, "slot_step of 1 or more"),
+    ):
+
+        class Thinker(BaseThinker):
+            def __init__(self, queues):
+                super().__init__(queues, ResourceCounter(4, ["sim", "ml"]))
+                self.retrain = threading.Event()
+
+            @event_responder(event_name="retrain", reallocate_resources=True, **bad)
+            def train(self):
+                pass
+
+        with pytest.raises(ConfigurationError, match=message):
+            Thinker(thread_queues("add")).run()
 
 
 def test_agent_that_raises_makes_run_raise_promptly_with_its_name(no_thread_leak):

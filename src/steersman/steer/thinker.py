@@ -396,6 +396,18 @@ class BaseThinker(threading.Thread):
             if spec.reallocate_resources:
                 for pool in (spec.gather_from, spec.gather_to, spec.disperse_to):
                     self.rec._check(pool)
+                if spec.gather_from == spec.gather_to:
+                    raise ConfigurationError(
+                        f"{where} gathers slots from {spec.gather_from!r} into itself"
+                    )
+                if spec.gather_to == spec.disperse_to:
+                    raise ConfigurationError(
+                        f"{where} disperses slots of {spec.gather_to!r} back into itself"
+                    )
+                if not isinstance(spec.slot_step, int) or spec.slot_step < 1:
+                    raise ConfigurationError(
+                        f"{where} needs slot_step of 1 or more, got {spec.slot_step!r}"
+                    )
 
     def _launch(self, name: str, func: Callable[..., Any], spec: AgentSpec) -> None:
         self.local_details.name = name
@@ -471,6 +483,12 @@ class BaseThinker(threading.Thread):
     def _run_task_submitter(self, func: Callable[..., Any], spec: AgentSpec) -> None:
         while not self.done.is_set():
             n_slots = getattr(self, spec.n_slots) if isinstance(spec.n_slots, str) else spec.n_slots
+            if not isinstance(n_slots, int) or n_slots < 1:
+                # 0 would call the submitter in a busy loop, taking nothing
+                raise ConfigurationError(
+                    f"task submitter {func.__name__} needs n_slots of 1 or more, got {n_slots!r}"
+                    + (f" (from attribute {spec.n_slots!r})" if isinstance(spec.n_slots, str) else "")
+                )
             if self.rec.acquire(spec.task_type, n_slots, cancel_if=self.done):
                 func(self)
 
