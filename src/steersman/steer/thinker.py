@@ -485,9 +485,10 @@ class BaseThinker(threading.Thread):
             n_slots = getattr(self, spec.n_slots) if isinstance(spec.n_slots, str) else spec.n_slots
             if not isinstance(n_slots, int) or n_slots < 1:
                 # 0 would call the submitter in a busy loop, taking nothing
+                source = f" (attribute {spec.n_slots!r})" if isinstance(spec.n_slots, str) else ""
                 raise ConfigurationError(
-                    f"task submitter {func.__name__} needs n_slots of 1 or more, got {n_slots!r}"
-                    + (f" (from attribute {spec.n_slots!r})" if isinstance(spec.n_slots, str) else "")
+                    f"task submitter {func.__name__} needs n_slots of 1 or more, "
+                    f"got {n_slots!r}{source}"
                 )
             if self.rec.acquire(spec.task_type, n_slots, cancel_if=self.done):
                 func(self)
