@@ -461,7 +461,7 @@ def _own_group() -> None:
     """Lead a process group of its own, so that killing a worker (for a timeout, a cancel,
     a stop) also kills the programs its task started (a quantum-chemistry code, a shell)."""
     with contextlib.suppress(OSError):
-        os.setsid()
+        os.setpgid(0, 0)  # in the same session: a terminal or batch system still sees it
 
 
 def _kill(worker: _Worker) -> None:
