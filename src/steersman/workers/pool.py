@@ -170,7 +170,10 @@ class WorkerPool:
     process worker holds beyond the one it runs: more throughput for tiny tasks, worse
     balance for long ones. The default, ``"auto"``, prefetches up to
     :data:`AUTO_PREFETCH` tasks only while the pool's recent tasks run under
-    :data:`AUTO_PREFETCH_BELOW` seconds, and none otherwise.
+    :data:`AUTO_PREFETCH_BELOW` seconds, and none otherwise. It assumes a queue's tasks take
+    about as long as each other: tiny tasks already sent to a worker wait behind a long one
+    that arrives among them. Give tasks of very different lengths their own queues, or use
+    ``prefetch=0``.
     """
 
     def __init__(
@@ -410,8 +413,9 @@ DRAIN_LIMIT = 64
 AUTO_PREFETCH = 64
 """Tasks a worker may hold beyond the one it runs, with ``prefetch="auto"``, for short tasks."""
 AUTO_PREFETCH_SECONDS = 0.1
-"""With ``prefetch="auto"``, a worker holds no more than about this much expected work beyond
-its running task, so a long task cannot keep many short ones from idle workers for long."""
+"""With ``prefetch="auto"``, a worker holds no more than about this much work, expected from
+the recent pace, beyond its running task (a task much longer than the recent ones is not
+foreseen: what waits behind it waits until it ends)."""
 AUTO_PREFETCH_BELOW = 0.005
 """Running time (seconds, recent average) under which ``prefetch="auto"`` prefetches."""
 
