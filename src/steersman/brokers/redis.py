@@ -280,10 +280,12 @@ for i = 5, #ARGV, 7 do
     if cancels then redis.call('SREM', ns .. ':cancel', id) end
   end
 end
--- An expiry is renewed once half of it has run (a read, where a write each time would
--- lengthen the append-only file).
+-- An expiry is renewed once a minute (a tenth of a short ttl) of it has run: a read each
+-- time, where a write each time would lengthen the append-only file; what was delivered
+-- still lives at least that much less than ttl.
+local slack = math.min(60, tonumber(ttl) / 10)
 local function keep(key)
-  if redis.call('TTL', key) < ttl / 2 then redis.call('EXPIRE', key, ttl) end
+  if redis.call('TTL', key) < tonumber(ttl) - slack then redis.call('EXPIRE', key, ttl) end
 end
 for results in pairs(topics) do keep(results) end
 if any_parts then keep(parts) end
