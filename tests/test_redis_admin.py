@@ -99,6 +99,22 @@ def test_failed_tasks_are_listed_and_requeued(redis_server, namespace, cli, tmp_
     broker.close()
 
 
+def test_a_failure_queued_again_after_its_counters_expired_leaves_no_counter_behind(
+    redis_server, namespace, tmp_path
+):
+    # The counters may lapse a little before a failure record: queueing that failure again
+    # must not make them anew, without an expiry and below zero.
+    broker, queues = make(redis_server, namespace)
+    queues.send_inputs(str(tmp_path / "never"), method="fail_unless")
+    with WorkerPool(queues, [methods.fail_unless], mode="thread"):
+        assert not queues.get_result(timeout=30).success
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.delete(f"{namespace}:stats")  # as if it had expired
+    assert broker.requeue_failed() == 1
+    assert not raw.exists(f"{namespace}:stats")
+    broker.close()
+
+
 def test_cancel_reaches_queued_and_running_tasks(redis_server, namespace, cli, tmp_path):
     broker, queues = make(redis_server, namespace, lease_seconds=1.5)
     running = queues.send_inputs(str(tmp_path / "never"), 120, method="wait_for_file")

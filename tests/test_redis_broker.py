@@ -875,3 +875,67 @@ def test_a_key_is_remembered_for_its_ttl_after_its_task_finished(redis_server):
     assert raw.ttl(record) > 30
     assert queues.send_inputs(1, 2, method="add", key="mol-42") == task_id
     client.close()
+
+
+def test_a_keyed_task_finishing_while_a_restarted_thinker_looks_it_up_is_not_counted(
+    redis_server,
+):
+    import threading
+
+    first = broker(redis_server)
+    sent = Queues(methods=["add"], broker=first).send_inputs(3, 4, method="add", key="K")
+    first.close()
+    worker = broker(redis_server, first.namespace)
+    [task] = worker.get_tasks(["default"], 1, timeout=5)  # running
+    again = broker(redis_server, first.namespace)
+    queues = Queues(methods=["add"], broker=again)
+    received = threading.Event()
+    reader = threading.Thread(
+        target=lambda: queues.get_result(timeout=20) and received.set(), daemon=True
+    )
+    reader.start()
+    looked_up = again.pending
+
+    def pending(ids):  # the task finishes, and its result is received, during the look-up
+        found = looked_up(ids)
+        task.set_value(7)
+        task.complete = True
+        worker.put_results([task])
+        assert received.wait(20)
+        return found
+
+    again.pending = pending
+    assert queues.send_inputs(3, 4, method="add", key="K") == sent
+    assert queues.active_count() == 0 and queues.wait_until_done(timeout=1)
+    for b in (worker, again):
+        b.close()
+
+
+def test_a_task_handed_back_or_revived_streams_its_partial_results_afresh(redis_server):
+    from steersman.workers.execute import execute
+
+    client = broker(redis_server)
+    queues = Queues(methods=["count_up"], broker=client)
+    task_id = queues.send_inputs(2, method="count_up")
+    worker = broker(redis_server, client.namespace)
+
+    def run_partly():
+        task = worker.get_task(["default"], timeout=5)
+        *partials, _final = list(execute(task, methods.count_up, "w", own_process=False))
+        worker.put_results(partials)
+        return task
+
+    task = run_partly()
+    worker.requeue(task)  # handed back untouched (its pool stopped): same attempt
+    task = run_partly()
+    got = [queues.get_result(timeout=5) for _ in range(4)]
+    assert [(r.attempt, r.part) for r in got] == [(1, 1), (1, 2), (1, 1), (1, 2)]
+    # Cancelled while queued, then queued again as a fresh first attempt.
+    worker.requeue(task)
+    assert client.cancel([task_id]) == (1, 0)
+    assert queues.get_result(timeout=5).failure.kind == "cancelled"
+    assert client.requeue_failed([task_id]) == 1
+    run_partly()
+    assert [queues.get_result(timeout=5).part for _ in range(2)] == [1, 2]
+    for b in (worker, client):
+        b.close()

@@ -324,6 +324,9 @@ end
 redis.call('HSET', ns .. ':task', id, ARGV[6])
 redis.call('HSET', ns .. ':laneof', id, lane)
 redis.call('HDEL', ns .. ':lost', id)
+-- Its next run streams its partial results afresh, from the first (under the same attempt
+-- number if it goes back untouched).
+redis.call('HDEL', ns .. ':parts', id)
 if ARGV[7] == '1' then
   redis.call('LPUSH', ns .. ':lane:' .. lane, id)
 else
@@ -479,6 +482,7 @@ for i = 2, #ARGV do
     redis.call('HDEL', ns .. ':task', id)
     redis.call('HDEL', ns .. ':laneof', id)
     redis.call('HDEL', ns .. ':lost', id)
+    redis.call('HDEL', ns .. ':parts', id)
   end
 end
 return queued
@@ -511,6 +515,7 @@ for i = 4, #ARGV, 4 do
     redis.call('HDEL', ns .. ':task', id)
     redis.call('HDEL', ns .. ':laneof', id)
     redis.call('HDEL', ns .. ':lost', id)
+    redis.call('HDEL', ns .. ':parts', id)
     queued[#queued + 1] = id
   elseif redis.call('HEXISTS', ns .. ':task', id) == 1 then
     redis.call('SADD', ns .. ':cancel', id)
@@ -542,6 +547,7 @@ for i = 2, #ARGV do
     redis.call('HDEL', ns .. ':task', id)
     redis.call('HDEL', ns .. ':laneof', id)
     redis.call('HDEL', ns .. ':lost', id)
+    redis.call('HDEL', ns .. ':parts', id)
     n = n + 1
   end
   redis.call('DEL', lane)
@@ -557,7 +563,12 @@ local ns, id, lane, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('DEL', ns .. ':failed:' .. id) == 0 then return 0 end
 redis.call('DEL', ns .. ':done:' .. id)
 redis.call('ZREM', ns .. ':failedidx', id)
-redis.call('HINCRBY', ns .. ':stats', 'failed:' .. queue, -1)
+redis.call('HDEL', ns .. ':parts', id)  -- a fresh first attempt streams afresh
+-- The counters may have expired a little before the failure record: not made anew here.
+local stats = ns .. ':stats'
+if (tonumber(redis.call('HGET', stats, 'failed:' .. queue)) or 0) > 0 then
+  redis.call('HINCRBY', stats, 'failed:' .. queue, -1)
+end
 redis.call('HSET', ns .. ':task', id, ARGV[5])
 redis.call('HSET', ns .. ':laneof', id, lane)
 redis.call('RPUSH', ns .. ':lane:' .. lane, id)
@@ -1382,9 +1393,8 @@ class RedisBroker:
                 logger.error("rejected task %s from Redis at %s: %s", task_id, self.where, error)
                 pipe = self.redis.pipeline()
                 pipe.lrem(self._k("held", self.consumer), 1, task_id)
-                pipe.hdel(self._k("task"), task_id)
-                pipe.hdel(self._k("laneof"), task_id)
-                pipe.hdel(self._k("lost"), task_id)
+                for table in ("task", "laneof", "lost", "parts"):
+                    pipe.hdel(self._k(table), task_id)
                 self._call("reject", pipe.execute)
                 continue
             task.attempt += lost
@@ -1697,8 +1707,8 @@ class RedisBroker:
         if unreadable:
             # Without its envelope no Result could tell the thinker: cancel nothing.
             raise EnvelopeError(
-                f"nothing cancelled: cannot read task(s) {'; '.join(unreadable)}; set "
-                f"{HMAC_KEY_ENV} to the key of the run that sent them"
+                f"nothing cancelled: cannot read task(s) {'; '.join(unreadable)}; cancel "
+                f"with the {HMAC_KEY_ENV} and the steersman release of the run that sent them"
             )
         queued, running = self._run("cancel_deliver", *args)
         return len(queued), len(running)

@@ -95,6 +95,10 @@ class Queues:
         self._outstanding: dict[str, str] = {}  # task_id -> topic, for tasks not yet complete
         self._abort: Flag | None = None
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Ids of tasks sent earlier that _track_earlier is asking the broker about, and those
+        # of them whose final result arrived meanwhile (not to be counted after all).
+        self._looking: set[str] = set()
+        self._arrived: set[str] = set()
         """Worker pools started on these queues in this process."""
 
     # ----------------------------------------------------------------------- declarations
@@ -321,16 +325,30 @@ class Queues:
         pending = getattr(self.broker, "pending", None)
         with self._count_cond:
             unknown = [t for t in task_ids if t not in self._outstanding]
+            self._looking.update(unknown)
         if pending is None or not unknown:
             return
-        for task_id, topic in pending(unknown).items():
+        try:
+            found = pending(unknown)
+        finally:
             with self._count_cond:
-                if task_id not in self._outstanding and topic in self._active:
+                self._looking.difference_update(unknown)
+                arrived = self._arrived.intersection(unknown)
+                self._arrived.difference_update(unknown)
+        for task_id, topic in found.items():
+            with self._count_cond:
+                if (
+                    task_id not in self._outstanding
+                    and task_id not in arrived
+                    and topic in self._active
+                ):
                     self._outstanding[task_id] = topic
                     self._active[topic] += 1
 
     def _forget(self, task_id: str) -> None:
         with self._count_cond:
+            if task_id in self._looking:
+                self._arrived.add(task_id)
             topic = self._outstanding.pop(task_id, None)
             if topic is not None:
                 self._active[topic] -= 1
