@@ -301,3 +301,16 @@ def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog
     finally:
         pool.stop(timeout=1)
         sys.modules.pop("only_here", None)
+
+
+def test_a_worker_that_dies_takes_the_programs_its_task_started_with_it(tmp_path):
+    queues = Queues(methods=["start_program_then_wait"])
+    pid_path = tmp_path / "pid"
+    with WorkerPool(queues, [methods.start_program_then_wait], workers=1) as pool:
+        queues.send_inputs(str(pid_path), method="start_program_then_wait", max_retries=0)
+        wait_until(pid_path.exists, 30, "the program to start")
+        program = int(pid_path.read_text())
+        [worker] = pool.worker_pids()
+        os.kill(worker, signal.SIGKILL)  # the worker alone, as the OOM killer would
+        assert queues.get_result(timeout=60).failure.kind == "worker_lost"
+        wait_until(lambda: not _running(program), 10, "the orphaned program to be killed")

@@ -471,6 +471,8 @@ def _own_group() -> None:
 def _kill(worker: _Worker) -> None:
     """Kill a worker process and whatever its task started (its process group)."""
     pid = worker.process.pid
+    if worker.process.exitcode is not None:
+        return  # ended and reaped: its pid may belong to another process by now
     try:
         if pid and os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
@@ -478,6 +480,14 @@ def _kill(worker: _Worker) -> None:
     except OSError:
         pass  # already gone, or not a group of its own: the process alone
     worker.process.kill()
+
+
+def _kill_leftovers(pid: int | None) -> None:
+    """Kill what is left of the process group of a worker that ended (programs its task
+    started); the group's id stays taken while any member lives, so it names no other."""
+    if pid:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 DELIVERED = b"\x00"
@@ -1038,6 +1048,7 @@ class _ProcessWorkers:
     def _bury(self, worker: _Worker) -> None:
         """A worker process ended: give its tasks back or fail them, and replace it."""
         worker.process.join()
+        _kill_leftovers(worker.process.pid)
         exitcode = worker.process.exitcode
         with self.lock:
             worker.alive = False
