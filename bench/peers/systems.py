@@ -294,14 +294,21 @@ class SteersmanRedisEverysec(SteersmanRedis):
 
 class SteersmanRedisLease(SteersmanRedis):
     """Two standalone workers of 1 process each; (e) kills the whole worker that runs the
-    task (its session: the worker and its process), as a lost host would, so the task
-    comes back through the lease to the other worker."""
+    task (every process of its session: the worker, its process and what that started), as
+    a lost host would, so the task comes back through the lease to the other worker."""
 
     setting = "2 workers × 1 process; (e) kills the whole worker: lease path"
     layout = (1, 1)
 
     def kill(self, pid):
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
+        # The task's process leads a process group of its own (so a timeout kills what it
+        # started); the whole worker is its session.
+        session = os.getsid(pid)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.getsid(int(entry)) == session:
+                        os.kill(int(entry), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------- RQ
