@@ -274,6 +274,25 @@ def test_the_payload_limit_holds_below_the_inline_limit_and_a_bad_store_is_named
         make(redis_server, namespace, value_store=blocker / "values")
 
 
+def test_a_value_store_that_cannot_be_written_fails_the_task_instead_of_holding_it(
+    redis_server, namespace, tmp_path
+):
+    # A full disk or a store gone: the result says so; the worker does not retry for ever.
+    import shutil
+
+    store = tmp_path / "values"
+    broker, queues = make(redis_server, namespace, inline_limit=1024, value_store=store)
+    shutil.rmtree(store)
+    store.write_text("no longer a directory")
+    with pytest.raises(SerializationError, match="cannot write a value"):
+        queues.send_inputs(b"x" * 4096, method="echo")  # refused at once: nothing queued
+    queues.send_inputs(1_000_000, method="big_value")
+    with WorkerPool(queues, [methods.big_value], mode="thread"):
+        result = queues.get_result(timeout=60)
+    assert not result.success and "cannot write a value" in result.failure.message
+    broker.close()
+
+
 def test_a_big_value_sent_again_is_uploaded_and_downloaded_once(redis_server, namespace):
     client, queues = make(redis_server, namespace, inline_limit=64 * 1024)
     worker, worker_queues = make(redis_server, namespace, inline_limit=64 * 1024)

@@ -866,8 +866,18 @@ class RedisBroker:
             path = self.value_dir / digest
             if not path.exists():
                 partial = path.with_suffix(f".{uuid.uuid4().hex}.part")
-                partial.write_bytes(data)
-                partial.replace(path)
+                try:
+                    partial.write_bytes(data)
+                    partial.replace(path)
+                except OSError as error:
+                    # A full disk or a store gone: said now (a task refused, a result failed
+                    # with the reason), not retried for ever while the lease keeps the task.
+                    with contextlib.suppress(OSError):
+                        partial.unlink()
+                    raise SerializationError(
+                        f"cannot write a value of {_size(len(data))} to the value store "
+                        f"{self.value_dir}: {error.strerror or error}"
+                    ) from None
         else:
             key = self._k("blob", digest)
             # The same value again (a search space sent with every inference round): renew
