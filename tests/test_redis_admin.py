@@ -99,6 +99,27 @@ def test_failed_tasks_are_listed_and_requeued(redis_server, namespace, cli, tmp_
     broker.close()
 
 
+def test_a_failure_whose_inputs_are_gone_is_not_queued_again_and_says_why(
+    redis_server, namespace, tmp_path, caplog
+):
+    import logging
+
+    broker, queues = make(redis_server, namespace, inline_limit=1024)
+    queues.send_inputs(str(tmp_path / ("n" * 2000)), method="fail_unless")  # by reference
+    with WorkerPool(queues, [methods.fail_unless], mode="thread"):
+        assert not queues.get_result(timeout=30).success
+    raw = redis.Redis.from_url(redis_server.url)
+    for blob in raw.keys(f"{namespace}:blob:*"):
+        raw.delete(blob)  # expired
+    admin = RedisBroker(redis_server.url, namespace, hmac_key=TEST_KEY)  # no copy in memory
+    with caplog.at_level(logging.ERROR):
+        assert admin.requeue_failed() == 0
+    assert any("cannot be run again: its inputs" in r.message for r in caplog.records)
+    assert broker.requeue_failed() == 1  # the sender still holds them: sent again
+    for b in (admin, broker):
+        b.close()
+
+
 def test_a_failure_queued_again_after_its_counters_expired_leaves_no_counter_behind(
     redis_server, namespace, tmp_path
 ):

@@ -1758,6 +1758,12 @@ class RedisBroker:
             task = self._read_result(data)
             if task is None:
                 continue
+            if task.inputs is None and task.inputs_ref is not None:
+                try:  # not loaded with the record if its value was missing
+                    task.inputs, task.inputs_ref = self._load_blob(task.inputs_ref), None
+                except ValueMissingError as error:
+                    logger.error("task %s cannot be run again: its inputs: %s", task_id, error)
+                    continue
             if task.inputs is None:
                 logger.error(
                     "task %s was sent with keep_inputs=False: it cannot be run again", task_id
