@@ -95,11 +95,11 @@ class Queues:
         self._outstanding: dict[str, str] = {}  # task_id -> topic, for tasks not yet complete
         self._abort: Flag | None = None
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Worker pools started on these queues in this process."""
         # Ids of tasks sent earlier that _track_earlier is asking the broker about, and those
         # of them whose final result arrived meanwhile (not to be counted after all).
         self._looking: set[str] = set()
         self._arrived: set[str] = set()
-        """Worker pools started on these queues in this process."""
 
     # ----------------------------------------------------------------------- declarations
     @property
@@ -335,13 +335,10 @@ class Queues:
                 self._looking.difference_update(unknown)
                 arrived = self._arrived.intersection(unknown)
                 self._arrived.difference_update(unknown)
-        for task_id, topic in found.items():
-            with self._count_cond:
-                if (
-                    task_id not in self._outstanding
-                    and task_id not in arrived
-                    and topic in self._active
-                ):
+        with self._count_cond:
+            for task_id, topic in found.items():
+                counted = task_id in self._outstanding or task_id in arrived
+                if not counted and topic in self._active:
                     self._outstanding[task_id] = topic
                     self._active[topic] += 1
 

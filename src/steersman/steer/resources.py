@@ -88,24 +88,8 @@ class ResourceCounter:
                 f"cannot acquire {n_slots} slots for {task!r}: there are only "
                 f"{self.total_slots} in all"
             )
-        ticket = object()
         with self._cond:
-            line = self._waiters[task]
-            line.append(ticket)
-            try:
-                granted = wait_for(
-                    self._cond,
-                    lambda: line[0] is ticket and self._available[task] >= n_slots,
-                    deadline_after(timeout),
-                    cancel_if,
-                    self._abort,
-                )
-                if granted:
-                    self._available[task] -= n_slots
-                return granted
-            finally:
-                line.remove(ticket)
-                self._cond.notify_all()
+            return self._take_in_turn(task, lambda: n_slots, timeout, cancel_if) is not None
 
     def release(
         self,
@@ -164,16 +148,12 @@ class ResourceCounter:
             threading.Thread(target=move, name="steersman-reallocate", daemon=True).start()
             return True
         with self._cond:
-            if n_slots == "all":
-                # How many is read when this request's turn comes and every slot is free:
-                # requests ahead of it may move some away meanwhile.
-                if not self._take_all(task_from, timeout, cancel_if):
-                    return False
-                count = self._allocated[task_from]
-            else:
-                count = n_slots
-                if not self.acquire(task_from, count, timeout=timeout, cancel_if=cancel_if):
-                    return False
+            # "all" is counted when this request's turn comes: requests ahead of it may
+            # move some slots away meanwhile.
+            want = (lambda: self._allocated[task_from]) if n_slots == "all" else lambda: n_slots
+            count = self._take_in_turn(task_from, want, timeout, cancel_if)
+            if count is None:
+                return False
             self._allocated[task_from] -= count
             self._allocated[task_to] += count
             self._available[task_to] += count
@@ -181,25 +161,31 @@ class ResourceCounter:
         logger.info("moved %d slot(s) from %r to %r", count, task_from, task_to)
         return True
 
-    def _take_all(
-        self, task: str | None, timeout: float, cancel_if: threading.Event | None
-    ) -> bool:
-        """Wait in line until every slot of ``task`` is free, then take them all (called
-        holding the lock)."""
+    def _take_in_turn(
+        self,
+        task: str | None,
+        want: Callable[[], int],
+        timeout: float,
+        cancel_if: threading.Event | None,
+    ) -> int | None:
+        """Wait in line (first come, first served) until ``want()`` slots of ``task`` are
+        free, then take them; return how many, or None if the wait ended first. Called
+        holding the lock."""
         ticket = object()
         line = self._waiters[task]
         line.append(ticket)
         try:
-            granted = wait_for(
+            if not wait_for(
                 self._cond,
-                lambda: line[0] is ticket and self._available[task] == self._allocated[task],
+                lambda: line[0] is ticket and self._available[task] >= want(),
                 deadline_after(timeout),
                 cancel_if,
                 self._abort,
-            )
-            if granted:
-                self._available[task] = 0
-            return granted
+            ):
+                return None
+            count = want()
+            self._available[task] -= count
+            return count
         finally:
             line.remove(ticket)
             self._cond.notify_all()

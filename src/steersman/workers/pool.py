@@ -37,7 +37,6 @@ from steersman.errors import ConfigurationError, EnvelopeError, PoolError
 from steersman.queues.base import Queues
 from steersman.task import (
     PRIORITIES,
-    Failure,
     Result,
     WorkerInfo,
     decode_batch,
@@ -343,13 +342,11 @@ class _ThreadWorkers:
                     if cancelled:
                         # A thread cannot be stopped: the task ran on, and its outcome is
                         # replaced by what was asked for.
-                        result.set_failure(
-                            Failure(
-                                kind="cancelled",
-                                type="Cancelled",
-                                message="cancelled on request; a thread worker cannot stop a "
-                                "running task, so it ran to the end and its outcome was dropped",
-                            )
+                        result.finish_failed(
+                            "cancelled",
+                            "Cancelled",
+                            "cancelled on request; a thread worker cannot stop a running "
+                            "task, so it ran to the end and its outcome was dropped",
                         )
                 # A final result may be retried; a partial one is passed on as it is.
                 deliver = retry_or_deliver if result.complete else settle_partial
