@@ -939,3 +939,108 @@ def test_a_task_handed_back_or_revived_streams_its_partial_results_afresh(redis_
     assert [queues.get_result(timeout=5).part for _ in range(2)] == [1, 2]
     for b in (worker, client):
         b.close()
+
+
+# A caller that sends a task and then waits for its result has the wait sent along with the
+# submission, so that the result's delivery also moves it to the caller (one write, one
+# disk sync) instead of the caller's wait coming late and writing on its own.
+def _reading_client(server):
+    """A client that has read its topic once (so it waits for the next result ahead), and a
+    worker-side broker of the same namespace."""
+    client = broker(server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(server, namespace=client.namespace)
+    queues.send_inputs(0, 1, method="add")
+    serve_one(worker)
+    assert queues.get_result(timeout=5).value == 1
+    return client, queues, worker
+
+
+def serve_one(worker):
+    (task,) = worker.get_tasks(["default"], 1, timeout=5)
+    task.set_value(sum(task.args))
+    task.complete = True
+    worker.put_result(task)
+
+
+def test_a_submission_leaves_the_wait_for_its_result_in_place(redis_server):
+    client, queues, worker = _reading_client(redis_server)
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = client.namespace
+    queues.send_inputs(2, 3, method="add")
+    assert _blocked_reader(raw), "no wait for the result after the submission returned"
+    serve_one(worker)
+    # Moved to the client by the delivery itself, before the client asked.
+    unacked = f"{ns}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    assert raw.llen(f"{ns}:result:default") == 0
+    assert queues.get_result(timeout=5).value == 5
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+
+
+def test_a_wait_ahead_outlives_a_get_result_that_timed_out(redis_server):
+    client, queues, worker = _reading_client(redis_server)
+    queues.send_inputs(2, 3, method="add")
+    assert client.get_result("default", timeout=0.2) is None
+    assert client._readers["default"].ahead is not None
+    serve_one(worker)
+    assert client.get_result("default", timeout=5).value == 5
+    assert client.get_result("default", timeout=0.3) is None
+    for b in (client, worker):
+        b.close()
+
+
+def test_a_result_a_wait_ahead_took_is_given_back_when_its_reader_closes(redis_server):
+    client, queues, worker = _reading_client(redis_server)
+    raw = redis.Redis.from_url(redis_server.url)
+    queues.send_inputs(2, 3, method="add")
+    serve_one(worker)
+    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    client.close()  # never read it
+    other = broker(redis_server, namespace=client.namespace)
+    assert other.get_result("default", timeout=5).value == 5
+    assert other.get_result("default", timeout=0.3) is None
+    for b in (other, worker):
+        b.close()
+
+
+def test_a_result_moved_by_a_wait_ahead_whose_connection_dropped_comes_once(redis_server):
+    client, queues, worker = _reading_client(redis_server)
+    raw = redis.Redis.from_url(redis_server.url)
+    queues.send_inputs(2, 3, method="add")
+    serve_one(worker)
+    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    raw.client_kill_filter(_id=client._readers["default"].ahead[1])
+    assert queues.get_result(timeout=5).value == 5
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+
+
+def test_a_stop_flag_ends_a_wait_ahead_at_once(redis_server):
+    import threading
+
+    from steersman.flag import Flag
+
+    client, queues, worker = _reading_client(redis_server)
+    queues.send_inputs(2, 3, method="add")
+    stop, returned = Flag(), []
+    thread = threading.Thread(
+        target=lambda: returned.append(client.get_result("default", stop=stop))
+    )
+    thread.start()
+    wait_until(lambda: stop._wakers, 5, "the reader to wait")  # its way to be woken
+    started = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert time.monotonic() - started < 1.5 and returned == [None]
+    serve_one(worker)  # the task is still out: its result comes to the next call
+    assert client.get_result("default", timeout=5).value == 5
+    for b in (client, worker):
+        b.close()

@@ -95,6 +95,9 @@ the result to its pool instead."""
 REAP_PERIOD = 1.0
 """Seconds between looks for lapsed leases (one live client looks each time): a dead client's
 tasks move on within about this long after its lease runs out."""
+WAIT_AHEAD_SECONDS = 60
+"""How long a wait for a result sent along with a submission stays in Redis unread: past it,
+the next ``get_result`` of that topic waits afresh."""
 """At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
 SUBMIT_TOKEN_MIN = 100
@@ -634,6 +637,10 @@ class _Reader:
         # handed out before a reap gave them back to the topic (not to be handed out again).
         self.handed: set[bytes] = set()
         self.skip: set[bytes] = set()
+        # A wait for the next result sent along with a submission (see put_tasks): the
+        # pooled connection it went out on, with Redis's id for that connection; its replies
+        # are read by the next fetch.
+        self.ahead: tuple[Any, int] | None = None
 
 
 class RedisBroker:
@@ -727,6 +734,7 @@ class RedisBroker:
         self._blobs_size = 0
         self._blobs_lock = threading.Lock()
         self._closed = False
+        self._wait_loaded = False  # the script of a wait sent with a submission is loaded
 
     def _connect(self, socket_timeout: float | None = None) -> None:
         try:
@@ -1021,7 +1029,9 @@ class RedisBroker:
                     packed = packing.result() if ahead is not None else self._pack(part)
                     if ahead is not None and index + 1 < len(parts):
                         packing = ahead.submit(self._pack, parts[index + 1])
-                    firsts = self._run("submit", self.ttl_seconds, packed, _token(part))
+                    firsts = None if ahead is not None else self._submit_waiting(part, packed)
+                    if firsts is None:
+                        firsts = self._run("submit", self.ttl_seconds, packed, _token(part))
                 except BaseException as error:
                     if out:  # earlier chunks are queued: say so, so they are not forgotten
                         error.submitted = out  # type: ignore[attr-defined]
@@ -1034,6 +1044,65 @@ class RedisBroker:
                     first = first.decode() if isinstance(first, bytes) else first
                     out.append((first, first == task.task_id))
         return out
+
+    def _submit_waiting(self, tasks: Sequence[Result], packed: bytes) -> list[Any] | None:
+        """Submit ``tasks`` and, in the same round trip, start the wait for the next result of
+        their topic, if this client would wait for it now (it has read that topic before,
+        emptied it, and handed out all it took). Returns the submit script's reply, or None
+        if this was not done (the caller submits the usual way).
+
+        A caller that sends a task and then waits for its result would otherwise start that
+        wait only after the submission's reply: by then a fast worker may have delivered the
+        result, and taking it costs a write, and with ``appendfsync always`` a disk sync, of
+        its own. Sent behind the submission, the wait is there first, and the move of the
+        result is written with its delivery."""
+        topic = tasks[0].topic
+        reader = self._readers.get(topic)
+        if reader is None or any(t.topic != topic for t in tasks):
+            return None
+        self._ensure_heartbeat("client")
+        if not reader.lock.acquire(blocking=False):
+            return None  # another thread reads the topic: its wait is in place already
+        try:
+            with self._results_lock:
+                if self._buffers.get(topic) or not reader.drained or reader.ahead is not None:
+                    return None
+            if not self._wait_loaded:  # else its first use would find it missing
+                self._reload("received")
+                self._wait_loaded = True
+            pool = self.redis.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn_id = self._client_id(conn)
+                submit = self._scripts["submit"]
+                commands = [
+                    (
+                        "EVALSHA",
+                        submit.sha,
+                        0,
+                        self.namespace,
+                        self.ttl_seconds,
+                        packed,
+                        _token(tasks),
+                    ),
+                    *self._wait_commands(topic, reader, WAIT_AHEAD_SECONDS),
+                ]
+                conn.send_packed_command(conn.pack_commands(commands))
+                firsts = conn.read_response()
+                conn.read_response()  # the SADD's, sent with the submission's
+            except Exception as error:
+                # Whatever happened (a script not loaded, Redis away or refusing), the usual
+                # way sorts it out: a submission is safe to repeat, and the wait may have
+                # moved a result without its record, so the next fetch asks by number.
+                logger.debug("submission with a wait ahead failed (%s); submitting plainly", error)
+                conn.disconnect()
+                pool.release(conn)
+                reader.drained = False
+                return None
+            reader.ahead = (conn, conn_id)
+            return firsts
+        finally:
+            reader.lock.release()
 
     def pending(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The topic of each of ``task_ids`` that is queued or running (no final result)."""
@@ -1575,69 +1644,121 @@ class RedisBroker:
                 deadline is not None and time.monotonic() >= deadline
             ):
                 return None
-            unacked = self._k("unacked", self.consumer, topic)
-            received = self._scripts["received"]
-            try:
-                replies = self._blocking(
-                    stop,
-                    [
-                        # Changes nothing (so syncs nothing) once the topic is listed, as
-                        # the first fetch (always the script) did; here for after a reap.
-                        ("SADD", self._k("utopics", self.consumer), topic),
-                        (
-                            "BLMOVE",
-                            self._k("result", topic),
-                            unacked,
-                            "LEFT",
-                            "RIGHT",
-                            self._block_seconds(deadline, stop),
-                        ),
-                        (
-                            "EVALSHA",
-                            received.sha,
-                            0,
-                            self.namespace,
-                            self.consumer,
-                            topic,
-                            reader.fetch,
-                            reader.taken,
-                            self.ttl_seconds,
-                        ),
-                    ],
-                    True,
-                )
-            except (redis.ConnectionError, redis.TimeoutError):
+            if reader.ahead is not None:
+                replies = self._read_ahead(reader, deadline, stop)
+                if replies is None:
+                    return None  # the wait stays in place for the next call
+            else:
+                try:
+                    replies = self._blocking(
+                        stop,
+                        self._wait_commands(topic, reader, self._block_seconds(deadline, stop)),
+                        True,
+                    )
+                except (redis.ConnectionError, redis.TimeoutError):
+                    replies = []
+                if replies is None:
+                    return None
+            if not replies:
                 # The move may have happened: ask again under the same fetch number through
                 # the script, which returns that fetch's results and waits out the outage.
                 reader.drained = False
                 continue
-            if replies is None:
-                return None
-            item, ack = replies[1], replies[2]
-            for reply in replies:
-                if isinstance(reply, redis.ResponseError):
-                    # The move may have happened without its acknowledgement step (an
-                    # unloaded script after a restart, out of memory): the script fetch
-                    # sorts it out under the same number, returning what the move took.
-                    reader.drained = False
-                    if not isinstance(reply, redis.exceptions.NoScriptError):
-                        raise reply
-                    self._reload("received")
-                    break
-            if not reader.drained:
-                continue
-            lost = ack[0] == 1
-            self._acknowledged(reader, topic, lost=lost)
-            if item is not None and lost and ack[2] == 0:
-                # Reaped between the move and its acknowledgement: the result went back to
-                # the topic with the rest and comes again; handing it out now would make two.
-                item = None
-            reader.fetch += 1
-            reader.taken = 0 if item is None else 1
-            if item is not None:
-                with self._results_lock:
-                    buffer.append(item)
-                reader.drained = ack[1] == 0
+            self._took(topic, reader, buffer, replies)
+
+    def _wait_commands(self, topic: str, reader: _Reader, block: float) -> list[tuple[Any, ...]]:
+        """Commands that wait up to ``block`` seconds for the next result of ``topic``, move
+        it into this client's unacknowledged list and acknowledge the previous fetch, in one
+        round trip (see :meth:`_took` for their replies)."""
+        received = self._scripts["received"]
+        return [
+            # Changes nothing (so syncs nothing) once the topic is listed, as the first
+            # fetch (always the script) did; here for after a reap.
+            ("SADD", self._k("utopics", self.consumer), topic),
+            (
+                "BLMOVE",
+                self._k("result", topic),
+                self._k("unacked", self.consumer, topic),
+                "LEFT",
+                "RIGHT",
+                block,
+            ),
+            (
+                "EVALSHA",
+                received.sha,
+                0,
+                self.namespace,
+                self.consumer,
+                topic,
+                reader.fetch,
+                reader.taken,
+                self.ttl_seconds,
+            ),
+        ]
+
+    def _read_ahead(
+        self, reader: _Reader, deadline: float | None, stop: threading.Event | None
+    ) -> list[Any] | None:
+        """The replies of the wait sent along with a submission, once they come; None if the
+        deadline passes or ``stop`` is set first (the wait stays for the next call), and []
+        if the connection failed (the caller then asks by fetch number)."""
+        conn, conn_id = reader.ahead  # type: ignore[misc]
+        token = None
+        replies: list[Any] = [0]  # the first command's reply, read with the submission's
+        try:
+            if conn._sock is None:  # disconnected meanwhile: the wait is gone with it
+                raise redis.ConnectionError("the connection of the wait was closed")
+            if isinstance(stop, Flag):
+                # Ends the wait in Redis, so its replies come at once.
+                token = stop.add_waker(lambda: self._unblock(conn_id))
+            while not conn.can_read(timeout=self._block_seconds(deadline, stop) or None):
+                if (stop is not None and stop.is_set()) or (
+                    deadline is not None and time.monotonic() >= deadline
+                ):
+                    return None
+            for _ in range(2):
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as error:
+                    replies.append(error)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            replies = []
+        finally:
+            if token is not None:
+                stop.remove_waker(token)  # type: ignore[union-attr]
+        reader.ahead = None
+        self.redis.connection_pool.release(conn)
+        return replies
+
+    def _took(self, topic: str, reader: _Reader, buffer: deque[bytes], replies: list[Any]) -> bool:
+        """Account for the replies of :meth:`_wait_commands`: the result moved, if any, goes
+        into ``buffer``; the fetch is recorded. False if it could not be (the next fetch must
+        then ask by number: ``reader.drained`` is cleared)."""
+        item, ack = replies[1], replies[2]
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                # The move may have happened without its acknowledgement step (an unloaded
+                # script after a restart, out of memory): the script fetch sorts it out under
+                # the same number, returning what the move took.
+                reader.drained = False
+                if not isinstance(reply, redis.exceptions.NoScriptError):
+                    raise reply
+                self._reload("received")
+                return False
+        lost = ack[0] == 1
+        self._acknowledged(reader, topic, lost=lost)
+        if item is not None and lost and ack[2] == 0:
+            # Reaped between the move and its acknowledgement: the result went back to the
+            # topic with the rest and comes again; handing it out now would make two.
+            item = None
+        reader.fetch += 1
+        reader.taken = 0 if item is None else 1
+        if item is not None:
+            with self._results_lock:
+                buffer.append(item)
+            reader.drained = ack[1] == 0
+        return True
 
     def _acknowledged(self, reader: _Reader, topic: str, lost: bool) -> None:
         """A new fetch acknowledged the previous one. If that one's record was gone, another
@@ -1817,6 +1938,38 @@ class RedisBroker:
         }
 
     # ---------------------------------------------------------------------------- close
+    def _end_waits_ahead(self) -> None:
+        """End the waits sent along with submissions and unread, keeping what they took in
+        the buffers (which :meth:`close` gives back to the topics)."""
+        with self._results_lock:
+            readers = [(t, r) for t, r in self._readers.items() if r.ahead is not None]
+        for topic, reader in readers:
+            if not reader.lock.acquire(timeout=1.0):
+                continue  # another thread is reading it
+            try:
+                if reader.ahead is None:
+                    continue
+                self._unblock(reader.ahead[1])
+                buffer = self._buffers[topic]
+                replies = self._read_ahead(reader, time.monotonic() + 5.0, None)
+                if replies and self._took(topic, reader, buffer, replies):
+                    continue
+                if reader.ahead is not None:  # no answer: leave the connection
+                    reader.ahead[0].disconnect()
+                    self.redis.connection_pool.release(reader.ahead[0])
+                    reader.ahead = None
+                # What the wait may have moved is in our unacknowledged list: fetch it by
+                # number, into the buffer.
+                reader.drained = False
+                data = self._next_result(topic, reader, buffer, time.monotonic(), None)
+                if data is not None:
+                    with self._results_lock:
+                        buffer.appendleft(data)
+            except redis.RedisError as error:
+                logger.warning("could not end a wait for results of %r: %s", topic, error)
+            finally:
+                reader.lock.release()
+
     def close(self) -> None:
         """Give back results taken but not handed out, acknowledge the rest, stop
         heart-beating and disconnect. Tasks still held go to others after the lease."""
@@ -1826,6 +1979,7 @@ class RedisBroker:
         self._heart_stop.set()
         if self._heart is not None:
             self._heart.join()
+        self._end_waits_ahead()
         try:
             with self._results_lock:
                 for topic, buffer in self._buffers.items():
