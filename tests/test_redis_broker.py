@@ -1044,3 +1044,141 @@ def test_a_stop_flag_ends_a_wait_ahead_at_once(redis_server):
     assert client.get_result("default", timeout=5).value == 5
     for b in (client, worker):
         b.close()
+
+
+def test_a_submission_with_a_wait_ahead_waits_for_redis_to_come_back(own_redis):
+    import threading
+
+    client, queues, worker = _reading_client(own_redis)
+    queues.send_inputs(1, 1, method="add")  # its wait goes ahead
+    serve_one(worker)
+    assert queues.get_result(timeout=5).value == 2
+    own_redis.stop()
+    threading.Timer(1.0, own_redis.start).start()
+    task_id = queues.send_inputs(2, 3, method="add")  # retried until Redis is back
+    serve_one(worker)
+    result = queues.get_result(timeout=10)
+    assert (result.task_id, result.value) == (task_id, 5)
+    for b in (client, worker):
+        b.close()
+
+
+def test_closing_with_a_wait_ahead_while_redis_is_gone_returns_at_once(own_redis):
+    client, queues, worker = _reading_client(own_redis)
+    queues.send_inputs(2, 3, method="add")
+    assert client._readers["default"].ahead is not None
+    worker.close()
+    own_redis.kill()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 8
+
+
+def test_a_result_a_wait_ahead_moves_after_its_reader_was_reaped_goes_back(redis_server):
+    # A thinker host freezes right after a submission: its lease runs out, it is reaped, and
+    # its wait, still in Redis, then moves the result into lists nobody will hand back.
+    client, queues, worker = _reading_client(redis_server)
+    queues.send_inputs(2, 3, method="add")
+    client._heart_stop.set()  # frozen: no more heartbeats
+    client._heart.join()
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = client.namespace
+    raw.delete(f"{ns}:hb:{client.consumer}")  # its lease ran out
+    assert worker.reap(force=True) >= 0
+    assert not raw.sismember(f"{ns}:consumers", client.consumer)
+    serve_one(worker)
+    other = broker(redis_server, namespace=ns)
+    got = []
+    while (result := other.get_result("default", timeout=2)) is not None:
+        got.append(result.value)
+    # The reap also handed back the result the frozen reader had already handed out (1):
+    # a dead reader's last fetch may come again, as documented.
+    assert sorted(got) == [1, 5]
+    # The frozen reader, should it wake, hands nothing out: the result went to the other.
+    assert client.get_result("default", timeout=0.5) is None
+    for b in (client, other, worker):
+        b.close()
+
+
+def test_a_result_a_wait_ahead_moved_survives_a_close_that_cannot_reach_redis(own_redis):
+    # The wait moved the result, then Redis went away: close() cannot account for the wait
+    # and must not drop what it took. Once Redis is back, the closed client's lease runs
+    # out and the result goes back to its topic for the next reader.
+    client, queues, worker = _reading_client(own_redis)
+    client.lease_seconds = 1.0
+    client._beat()
+    raw = redis.Redis.from_url(own_redis.url)
+    ns = client.namespace
+    task_id = queues.send_inputs(2, 3, method="add")
+    serve_one(worker)
+    unacked = f"{ns}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the wait to move the result")
+    worker.close()
+    own_redis.kill()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 8
+    own_redis.start()
+    other = broker(own_redis, namespace=ns)
+    result = other.get_result("default", timeout=20)
+    assert result is not None and (result.task_id, result.value) == (task_id, 5)
+    assert other.get_result("default", timeout=0.3) is None
+    other.close()
+
+
+def test_a_result_a_wait_ahead_moved_survives_a_close_while_redis_refuses_writes(own_redis, caplog):
+    # The wait moved the result but its acknowledgement step did not run (Redis had lost
+    # its scripts), and at close Redis refuses writes (maxmemory) but still deletes: close()
+    # cannot account for the wait and must leave what it took for the reaper.
+    client, queues, worker = _reading_client(own_redis)
+    # Read dry once more, so the wait's step writes nothing before what maxmemory refuses.
+    assert client.get_result("default", timeout=0.2) is None
+    client.lease_seconds = 1.0
+    client._beat()
+    raw = redis.Redis.from_url(own_redis.url)
+    ns = client.namespace
+    queues.send_inputs(2, 3, method="add")
+    raw.script_flush()
+    serve_one(worker)
+    unacked = f"{ns}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the wait to move the result")
+    raw.config_set("maxmemory", 1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            client.close()
+    finally:
+        raw.config_set("maxmemory", 0)
+    assert "could not end a wait" in caplog.text
+    other = broker(own_redis, namespace=ns)
+    # After the closed client's lease, and the one lease a new namespace reaps nobody.
+    got = [other.get_result("default", timeout=20).value]
+    while (result := other.get_result("default", timeout=0.5)) is not None:
+        got.append(result.value)
+    assert got == [5]
+    for b in (other, worker):
+        b.close()
+
+
+def test_a_client_of_a_short_lease_does_not_hold_off_reaps_under_a_longer_one(redis_server):
+    # Clients of different leases share a namespace. When the one of the short lease dies,
+    # its task must go on after its lease, not wait out the other's (whose heartbeat would
+    # otherwise find everybody lapsed and hold off every reap for its own lease).
+    short = broker(redis_server, lease_seconds=1.0)
+    short._ensure_heartbeat("worker")
+    ns = short.namespace
+    long = broker(redis_server, namespace=ns, lease_seconds=10.0)
+    long._ensure_heartbeat("client")
+    sent = Queues(methods=["add"], broker=long).send_inputs(1, 2, method="add")
+    assert short.get_task(["default"], timeout=5).task_id == sent
+    long._beat()
+    short._beat()  # the namespace's mark of life still lasts the longer lease
+    assert redis.Redis.from_url(redis_server.url).pttl(f"{ns}:alive") > 5000
+    short._heart_stop.set()  # dies holding it
+    short._heart.join()
+    taker = broker(redis_server, namespace=ns)
+    started = time.monotonic()
+    task = taker.get_task(["default"], timeout=8)
+    assert task is not None and task.task_id == sent and task.attempt == 2
+    assert time.monotonic() - started < 8
+    for b in (long, taker):
+        b.close()

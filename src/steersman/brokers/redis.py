@@ -348,9 +348,11 @@ _BEAT = """
 local ns, c, ms = ARGV[1], ARGV[2], ARGV[3]
 redis.call('SET', ns .. ':hb:' .. c, '1', 'PX', ms)
 redis.call('SADD', ns .. ':consumers', c)
-if not redis.call('SET', ns .. ':alive', '1', 'PX', ms, 'GET') then
-  redis.call('SET', ns .. ':noreap', '1', 'PX', ms)
-end
+-- The mark lives as long as the longest lease that renews it: a client of a short lease must
+-- not let it lapse under one of a longer lease, which would then hold off every reap.
+local left = redis.call('PTTL', ns .. ':alive')
+if left == -2 then redis.call('SET', ns .. ':noreap', '1', 'PX', ms) end
+if left < tonumber(ms) then redis.call('SET', ns .. ':alive', '1', 'PX', ms) end
 return 1
 """
 
@@ -450,6 +452,21 @@ _RECEIVED = """
 local ns, c, topic, fetch, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
 local seq = ns .. ':useq:' .. c .. ':' .. topic
+if redis.call('EXISTS', ns .. ':hb:' .. c) == 0 then
+  -- This reader's lease ran out while its wait was in place (it stopped answering: frozen,
+  -- cut off). It may have been reaped already, and then nobody would hand back what the
+  -- wait just moved: everything it holds unacknowledged goes back to the topic, as a reap
+  -- does, and the reply says so.
+  local results = ns .. ':result:' .. topic
+  while true do
+    local item = redis.call('RPOP', unacked)
+    if not item then break end
+    redis.call('LPUSH', results, item)
+  end
+  redis.call('EXPIRE', results, ttl)
+  redis.call('DEL', seq)
+  return {1, redis.call('LLEN', results), 0}
+end
 local previous = redis.call('GET', seq)
 local lost = (not previous and fetch ~= '1') and 1 or 0
 local taken = tonumber(ARGV[5])
@@ -1065,14 +1082,20 @@ class RedisBroker:
             return None  # another thread reads the topic: its wait is in place already
         try:
             with self._results_lock:
-                if self._buffers.get(topic) or not reader.drained or reader.ahead is not None:
+                if (
+                    self._closed
+                    or self._buffers.get(topic)
+                    or not reader.drained
+                    or reader.ahead is not None
+                ):
                     return None
             if not self._wait_loaded:  # else its first use would find it missing
                 self._reload("received")
                 self._wait_loaded = True
             pool = self.redis.connection_pool
-            conn = pool.get_connection()
+            conn = None
             try:
+                conn = pool.get_connection()
                 conn_id = self._client_id(conn)
                 submit = self._scripts["submit"]
                 commands = [
@@ -1095,8 +1118,9 @@ class RedisBroker:
                 # way sorts it out: a submission is safe to repeat, and the wait may have
                 # moved a result without its record, so the next fetch asks by number.
                 logger.debug("submission with a wait ahead failed (%s); submitting plainly", error)
-                conn.disconnect()
-                pool.release(conn)
+                if conn is not None:
+                    conn.disconnect()
+                    pool.release(conn)
                 reader.drained = False
                 return None
             reader.ahead = (conn, conn_id)
@@ -1623,22 +1647,7 @@ class RedisBroker:
                 if buffer:
                     return buffer.popleft()
             if not reader.drained:
-                reply = self._run(
-                    "take_results",
-                    self.consumer,
-                    topic,
-                    self.result_batch,
-                    self.ttl_seconds,
-                    reader.fetch,
-                    reader.taken,
-                )
-                self._acknowledged(reader, topic, lost=reply[0] == b"1")
-                items = reply[1:]
-                reader.fetch += 1
-                reader.taken = len(items)
-                reader.drained = len(items) < self.result_batch
-                with self._results_lock:
-                    buffer.extend(items)
+                self._fetch_by_number(topic, reader, buffer)
                 continue
             if (stop is not None and stop.is_set()) or (
                 deadline is not None and time.monotonic() >= deadline
@@ -1665,6 +1674,26 @@ class RedisBroker:
                 reader.drained = False
                 continue
             self._took(topic, reader, buffer, replies)
+
+    def _fetch_by_number(
+        self, topic: str, reader: _Reader, buffer: deque[bytes], retry: bool = True
+    ) -> None:
+        """Take up to ``result_batch`` results of ``topic`` into ``buffer`` with the script
+        (which returns the same results if this fetch's number was asked before); with
+        ``retry``, waits for Redis as any call does, else tries once."""
+        args = [self.consumer, topic, self.result_batch, self.ttl_seconds]
+        args += [reader.fetch, reader.taken]
+        if retry:
+            reply = self._run("take_results", *args)
+        else:
+            reply = self._scripts["take_results"](keys=[], args=[self.namespace, *args])
+        self._acknowledged(reader, topic, lost=reply[0] == b"1")
+        items = reply[1:]
+        reader.fetch += 1
+        reader.taken = len(items)
+        reader.drained = len(items) < self.result_batch
+        with self._results_lock:
+            buffer.extend(items)
 
     def _wait_commands(self, topic: str, reader: _Reader, block: float) -> list[tuple[Any, ...]]:
         """Commands that wait up to ``block`` seconds for the next result of ``topic``, move
@@ -1711,6 +1740,8 @@ class RedisBroker:
             if isinstance(stop, Flag):
                 # Ends the wait in Redis, so its replies come at once.
                 token = stop.add_waker(lambda: self._unblock(conn_id))
+            if stop is not None and stop.is_set():
+                return None
             while not conn.can_read(timeout=self._block_seconds(deadline, stop) or None):
                 if (stop is not None and stop.is_set()) or (
                     deadline is not None and time.monotonic() >= deadline
@@ -1749,9 +1780,12 @@ class RedisBroker:
         lost = ack[0] == 1
         self._acknowledged(reader, topic, lost=lost)
         if item is not None and lost and ack[2] == 0:
-            # Reaped between the move and its acknowledgement: the result went back to the
-            # topic with the rest and comes again; handing it out now would make two.
+            # Reaped between the move and its acknowledgement, or our lease had run out and
+            # the step gave everything back: the result went back to the topic with the rest
+            # and comes again; handing it out now would make two. The next fetch is by
+            # number (a wait would only give it back again until our next heartbeat).
             item = None
+            reader.drained = False
         reader.fetch += 1
         reader.taken = 0 if item is None else 1
         if item is not None:
@@ -1938,37 +1972,45 @@ class RedisBroker:
         }
 
     # ---------------------------------------------------------------------------- close
-    def _end_waits_ahead(self) -> None:
+    def _end_waits_ahead(self) -> set[str]:
         """End the waits sent along with submissions and unread, keeping what they took in
-        the buffers (which :meth:`close` gives back to the topics)."""
+        the buffers (which :meth:`close` gives back to the topics); tries once, never waits
+        for Redis. Returns the topics this could not be done for: what their waits took
+        stays in this client's unacknowledged lists, for a reaper to hand back."""
+        unsettled: set[str] = set()
         with self._results_lock:
-            readers = [(t, r) for t, r in self._readers.items() if r.ahead is not None]
+            readers = list(self._readers.items())
         for topic, reader in readers:
             if not reader.lock.acquire(timeout=1.0):
-                continue  # another thread is reading it
+                unsettled.add(topic)  # another thread is reading it, its wait in place
+                continue
             try:
                 if reader.ahead is None:
                     continue
-                self._unblock(reader.ahead[1])
                 buffer = self._buffers[topic]
+                self._unblock(reader.ahead[1])
                 replies = self._read_ahead(reader, time.monotonic() + 5.0, None)
-                if replies and self._took(topic, reader, buffer, replies):
-                    continue
-                if reader.ahead is not None:  # no answer: leave the connection
-                    reader.ahead[0].disconnect()
-                    self.redis.connection_pool.release(reader.ahead[0])
+                if replies is None:  # no answer: the connection is given up
+                    conn, _ = reader.ahead
+                    conn.disconnect()
+                    self.redis.connection_pool.release(conn)
                     reader.ahead = None
+                elif replies and self._took(topic, reader, buffer, replies):
+                    continue
                 # What the wait may have moved is in our unacknowledged list: fetch it by
                 # number, into the buffer.
-                reader.drained = False
-                data = self._next_result(topic, reader, buffer, time.monotonic(), None)
-                if data is not None:
-                    with self._results_lock:
-                        buffer.appendleft(data)
-            except redis.RedisError as error:
-                logger.warning("could not end a wait for results of %r: %s", topic, error)
+                self._fetch_by_number(topic, reader, buffer, retry=False)
+            except Exception as error:
+                logger.warning(
+                    "could not end a wait for results of %r (%s); what it took goes back to "
+                    "the topic when this client's lease runs out",
+                    topic,
+                    error,
+                )
+                unsettled.add(topic)
             finally:
                 reader.lock.release()
+        return unsettled
 
     def close(self) -> None:
         """Give back results taken but not handed out, acknowledge the rest, stop
@@ -1979,10 +2021,12 @@ class RedisBroker:
         self._heart_stop.set()
         if self._heart is not None:
             self._heart.join()
-        self._end_waits_ahead()
+        unsettled = self._end_waits_ahead()
         try:
             with self._results_lock:
                 for topic, buffer in self._buffers.items():
+                    if topic in unsettled:
+                        continue  # left whole for the reaper: it may hold more than buffer
                     self._scripts["release_results"](
                         keys=[],
                         args=[self.namespace, self.consumer, topic, self.ttl_seconds, *buffer],
@@ -1991,7 +2035,7 @@ class RedisBroker:
             held = self.redis.llen(self._k("held", self.consumer))
             pipe = self.redis.pipeline()
             pipe.delete(self._k("info", self.consumer))
-            if not held:
+            if not held and not unsettled:
                 pipe.delete(self._k("hb", self.consumer), self._k("utopics", self.consumer))
                 pipe.srem(self._k("consumers"), self.consumer)
             pipe.execute()
