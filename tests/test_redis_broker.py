@@ -1182,3 +1182,41 @@ def test_a_client_of_a_short_lease_does_not_hold_off_reaps_under_a_longer_one(re
     assert time.monotonic() - started < 8
     for b in (long, taker):
         b.close()
+
+
+def test_a_worker_frozen_while_it_waits_takes_nothing_after_it_was_reaped(redis_server):
+    # A worker process stopped (SIGSTOP) while its wait for a task is in Redis: once its
+    # lease ran out and it was reaped, that wait must be gone, or the next task would be
+    # moved into the held list of a worker nobody reaps any more, and never run.
+    import signal
+    import subprocess
+    import sys
+
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    code = (
+        "import sys; from steersman.brokers.redis import RedisBroker; "
+        "from steersman.flag import Flag; "
+        f"b = RedisBroker({redis_server.url!r}, {ns!r}, hmac_key=b'test-signing-key', "
+        "lease_seconds=0.9); stop = Flag()\n"
+        "while True: b.get_tasks(['default'], 1, stop=stop)"
+    )
+    frozen = subprocess.Popen([sys.executable, "-c", code])
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_until(lambda: raw.scard(f"{ns}:consumers") == 1, 20, "the worker to start")
+        wait_until(lambda: _blocked_on(raw, "blmove"), 10, "the worker to wait")
+        frozen.send_signal(signal.SIGSTOP)
+        taker = broker(redis_server, namespace=ns)
+        taker._ensure_heartbeat("worker")
+        wait_until(lambda: raw.scard(f"{ns}:consumers") == 1, 20, "the frozen worker reaped")
+        sent = Queues(methods=["add"], broker=taker).send_inputs(1, 2, method="add")
+        task = taker.get_task(["default"], timeout=5)
+        assert task is not None and task.task_id == sent
+        taker.close()
+    finally:
+        frozen.kill()
+        frozen.wait()
+
+
+def _blocked_on(raw, command):
+    return any(c.get("cmd") == command and "b" in c.get("flags", "") for c in raw.client_list())

@@ -95,9 +95,6 @@ the result to its pool instead."""
 REAP_PERIOD = 1.0
 """Seconds between looks for lapsed leases (one live client looks each time): a dead client's
 tasks move on within about this long after its lease runs out."""
-WAIT_AHEAD_SECONDS = 60
-"""How long a wait for a result sent along with a submission stays in Redis unread: past it,
-the next ``get_result`` of that topic waits afresh."""
 """At most this much of recently read values by reference is kept in a client's memory."""
 _length = struct.Struct(">I").pack
 SUBMIT_TOKEN_MIN = 100
@@ -1108,7 +1105,7 @@ class RedisBroker:
                         packed,
                         _token(tasks),
                     ),
-                    *self._wait_commands(topic, reader, WAIT_AHEAD_SECONDS),
+                    *self._wait_commands(topic, reader, self._block_seconds(None, None)),
                 ]
                 conn.send_packed_command(conn.pack_commands(commands))
                 firsts = conn.read_response()
@@ -1300,15 +1297,17 @@ class RedisBroker:
         except redis.RedisError as error:  # the wait then ends at its next check
             logger.warning("could not wake a waiter: %s", error)
 
-    @staticmethod
-    def _block_seconds(deadline: float | None, stop: threading.Event | None) -> float:
-        """How long one blocking call may wait: to the deadline, bounded when a stop must be
+    def _block_seconds(self, deadline: float | None, stop: threading.Event | None) -> float:
+        """How long one blocking call may wait: to the deadline, and never more than a third
+        of the lease, so that a client frozen while it waits (stopped, cut off) has no wait
+        left in Redis by the time its lease runs out and it is reaped: that wait would move
+        a task or result into lists nobody hands back. Bounded further when a stop must be
         noticed (a Flag wakes it at once; the bound covers a Flag set just before the call
         reached Redis, and a plain Event, which cannot wake anything)."""
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        if stop is None:
-            return 0 if remaining is None else remaining
-        bound = 2.0 if isinstance(stop, Flag) else PLAIN_EVENT_CHECK_SECONDS
+        bound = self.lease_seconds / 3
+        if stop is not None:
+            bound = min(bound, 2.0 if isinstance(stop, Flag) else PLAIN_EVENT_CHECK_SECONDS)
         return bound if remaining is None else min(remaining, bound)
 
     def get_task(
@@ -1742,7 +1741,7 @@ class RedisBroker:
                 token = stop.add_waker(lambda: self._unblock(conn_id))
             if stop is not None and stop.is_set():
                 return None
-            while not conn.can_read(timeout=self._block_seconds(deadline, stop) or None):
+            while not conn.can_read(timeout=self._block_seconds(deadline, stop)):
                 if (stop is not None and stop.is_set()) or (
                     deadline is not None and time.monotonic() >= deadline
                 ):
