@@ -1054,8 +1054,12 @@ def test_a_submission_with_a_wait_ahead_waits_for_redis_to_come_back(own_redis):
     serve_one(worker)
     assert queues.get_result(timeout=5).value == 2
     own_redis.stop()
-    threading.Timer(1.0, own_redis.start).start()
-    task_id = queues.send_inputs(2, 3, method="add")  # retried until Redis is back
+    back = threading.Timer(1.0, own_redis.start)
+    back.start()
+    try:
+        task_id = queues.send_inputs(2, 3, method="add")  # retried until Redis is back
+    finally:
+        back.join()  # the server is the fixture's to stop, whatever happened
     serve_one(worker)
     result = queues.get_result(timeout=10)
     assert (result.task_id, result.value) == (task_id, 5)
