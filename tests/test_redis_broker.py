@@ -963,6 +963,18 @@ def serve_one(worker):
     worker.put_result(task)
 
 
+def _result_moved_ahead(server, client, queues, worker):
+    """Send a task (its wait goes ahead) and serve it; return once the delivery has moved
+    the result to the client: a raw connection, the client's unacknowledged list and the
+    task's id."""
+    raw = redis.Redis.from_url(server.url)
+    task_id = queues.send_inputs(2, 3, method="add")
+    serve_one(worker)
+    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
+    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    return raw, unacked, task_id
+
+
 def test_a_submission_leaves_the_wait_for_its_result_in_place(redis_server):
     client, queues, worker = _reading_client(redis_server)
     raw = redis.Redis.from_url(redis_server.url)
@@ -995,11 +1007,7 @@ def test_a_wait_ahead_outlives_a_get_result_that_timed_out(redis_server):
 
 def test_a_result_a_wait_ahead_took_is_given_back_when_its_reader_closes(redis_server):
     client, queues, worker = _reading_client(redis_server)
-    raw = redis.Redis.from_url(redis_server.url)
-    queues.send_inputs(2, 3, method="add")
-    serve_one(worker)
-    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
-    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    _result_moved_ahead(redis_server, client, queues, worker)
     client.close()  # never read it
     other = broker(redis_server, namespace=client.namespace)
     assert other.get_result("default", timeout=5).value == 5
@@ -1010,11 +1018,7 @@ def test_a_result_a_wait_ahead_took_is_given_back_when_its_reader_closes(redis_s
 
 def test_a_result_moved_by_a_wait_ahead_whose_connection_dropped_comes_once(redis_server):
     client, queues, worker = _reading_client(redis_server)
-    raw = redis.Redis.from_url(redis_server.url)
-    queues.send_inputs(2, 3, method="add")
-    serve_one(worker)
-    unacked = f"{client.namespace}:unacked:{client.consumer}:default"
-    wait_until(lambda: raw.llen(unacked) == 1, 5, "the result moved to the client")
+    raw, _, _ = _result_moved_ahead(redis_server, client, queues, worker)
     raw.client_kill_filter(_id=client._readers["default"].ahead[1])
     assert queues.get_result(timeout=5).value == 5
     with pytest.raises(ResultTimeout):
@@ -1111,12 +1115,8 @@ def test_a_result_a_wait_ahead_moved_survives_a_close_that_cannot_reach_redis(ow
     client, queues, worker = _reading_client(own_redis)
     client.lease_seconds = 1.0
     client._beat()
-    raw = redis.Redis.from_url(own_redis.url)
     ns = client.namespace
-    task_id = queues.send_inputs(2, 3, method="add")
-    serve_one(worker)
-    unacked = f"{ns}:unacked:{client.consumer}:default"
-    wait_until(lambda: raw.llen(unacked) == 1, 5, "the wait to move the result")
+    _, _, task_id = _result_moved_ahead(own_redis, client, queues, worker)
     worker.close()
     own_redis.kill()
     started = time.monotonic()
