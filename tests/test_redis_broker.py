@@ -1224,3 +1224,34 @@ def test_a_worker_frozen_while_it_waits_takes_nothing_after_it_was_reaped(redis_
 
 def _blocked_on(raw, command):
     return any(c.get("cmd") == command and "b" in c.get("flags", "") for c in raw.client_list())
+
+
+def test_results_handed_out_stay_handed_out_when_a_reader_is_reaped_twice(redis_server):
+    # A thinker's link flaps twice past its lease: each time, what it had taken goes back
+    # to the topic. What it handed out before the first reap and skipped when it came back
+    # must be skipped again after the second, not handed out anew.
+    thinker = broker(redis_server)
+    queues = Queues(methods=["add"], broker=thinker)
+    worker = broker(redis_server, namespace=thinker.namespace)
+    raw = redis.Redis.from_url(redis_server.url)
+    hb = f"{thinker.namespace}:hb:{thinker.consumer}"
+    for i in range(5):
+        queues.send_inputs(i, 0, method="add")
+    deliver_values(worker, range(5))
+    got = [queues.get_result(timeout=5).value]  # takes all 5, hands out 1
+    thinker._heart_stop.set()
+    thinker._heart.join()
+    raw.delete(hb)
+    assert worker.reap(force=True) == 5  # first cut
+    got += [queues.get_result(timeout=5).value for _ in range(4)]  # from its buffer
+    queues.send_inputs(5, 0, method="add")
+    deliver_values(worker, [5])
+    got.append(queues.get_result(timeout=5).value)  # skips the 5 that came back
+    thinker._beat()  # the link is back for a moment, then cut again
+    raw.delete(hb)
+    assert worker.reap(force=True) == 6  # second cut: the 5 skipped and the new one
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=1)
+    assert sorted(got) == [0, 1, 2, 3, 4, 5]
+    worker.close()
+    thinker.close()

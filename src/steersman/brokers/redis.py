@@ -449,11 +449,11 @@ _RECEIVED = """
 local ns, c, topic, fetch, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
 local seq = ns .. ':useq:' .. c .. ':' .. topic
-if redis.call('EXISTS', ns .. ':hb:' .. c) == 0 then
-  -- This reader's lease ran out while its wait was in place (it stopped answering: frozen,
-  -- cut off). It may have been reaped already, and then nobody would hand back what the
-  -- wait just moved: everything it holds unacknowledged goes back to the topic, as a reap
-  -- does, and the reply says so.
+if redis.call('SISMEMBER', ns .. ':consumers', c) == 0 then
+  -- This reader was reaped while its wait was in place (it stopped answering for longer
+  -- than its lease: frozen, cut off), and nobody would hand back what the wait just moved:
+  -- everything it holds unacknowledged goes back to the topic, as the reap did, and the
+  -- reply says so. (A live reader is listed again at its next heartbeat.)
   local results = ns .. ':result:' .. topic
   while true do
     local item = redis.call('RPOP', unacked)
@@ -1623,10 +1623,12 @@ class RedisBroker:
                     raise
                 if result is not None:
                     digest = hashlib.blake2b(data, digest_size=16).digest()
+                    # Counted as handed out by this fetch either way: if this fetch is given
+                    # back too, what was handed out before must still not go out again.
+                    reader.handed.add(digest)
                     if digest in reader.skip:  # handed out before a reap gave it back
                         reader.skip.discard(digest)
                         continue
-                    reader.handed.add(digest)
             finally:
                 reader.lock.release()
             if result is not None:
