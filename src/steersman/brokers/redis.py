@@ -1265,13 +1265,7 @@ class RedisBroker:
             conn.send_packed_command(conn.pack_commands(commands))
             if not errors:
                 return [conn.read_response() for _ in commands]
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as error:
-                    replies.append(error)
-            return replies
+            return self._replies(conn, len(commands))
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next user
             raise
@@ -1279,6 +1273,18 @@ class RedisBroker:
             if token is not None:
                 stop.remove_waker(token)
             pool.release(conn)
+
+    @staticmethod
+    def _replies(conn: Any, count: int) -> list[Any]:
+        """Read ``count`` replies; an error reply comes in its command's place, not raised,
+        so the replies after it are not left unread on the connection."""
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+        return replies
 
     @staticmethod
     def _client_id(conn: Any) -> int:
@@ -1748,11 +1754,7 @@ class RedisBroker:
                     deadline is not None and time.monotonic() >= deadline
                 ):
                     return None
-            for _ in range(2):
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as error:
-                    replies.append(error)
+            replies += self._replies(conn, 2)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()
             replies = []
