@@ -538,21 +538,20 @@ def test_cancelling_a_prefetched_task_does_not_charge_the_running_one(
     broker.close()
 
 
-def test_an_in_process_pool_outlives_redis_being_away_past_the_client_deadline(
-    own_redis, tmp_path, caplog
-):
-    # The thinker's broker gives up after connect_timeout; the pool's threads must not: they
-    # wait, and deliver the result when Redis is back.
+def test_an_in_process_pool_outlives_redis_being_away_past_the_client_deadline(own_redis, tmp_path):
+    # The thinker's broker gives up after connect_timeout; the pool's processes must not:
+    # they wait, and deliver the result when Redis is back.
     broker = RedisBroker(own_redis.url, "outage", hmac_key=TEST_KEY, connect_timeout=1)
     queues = Queues(methods={"wait_for_file": "sim"}, broker=broker)
     gate = tmp_path / "go"
-    with WorkerPool(queues, [methods.wait_for_file], workers=1):
+    with WorkerPool(queues, [methods.wait_for_file], workers=1) as pool:
         queues.send_inputs(str(gate), 120, method="wait_for_file")
         wait_until(lambda: (tmp_path / "go.started").exists(), 60, "the task to start")
         own_redis.kill()
-        with caplog.at_level("ERROR", logger="steersman.workers.pool"):
-            gate.write_text("")  # the task ends while Redis is away
-            wait_until(lambda: "trying again" in caplog.text, 30, "the pool to wait it out")
+        gate.write_text("")  # the task ends while Redis is away
+        wait_until(lambda: pool.idle_seconds() is not None, 30, "the task to end")
+        with pytest.raises(BrokerUnavailable):  # the client's deadline passes
+            queues.get_result(timeout=30)
         own_redis.start()
         assert queues.get_result(timeout=60).success
     broker.close()

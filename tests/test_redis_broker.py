@@ -225,7 +225,7 @@ def test_tasks_a_take_moved_but_never_reported_are_taken_back(redis_server):
     client = broker(redis_server)
     queues = Queues(methods=["add"], broker=client)
     worker = broker(redis_server, namespace=client.namespace)
-    worker._ensure_heartbeat("worker")
+    worker.keep_alive("worker")
     sent = queues.send_inputs(2, 2, method="add")
     raw = redis.Redis.from_url(redis_server.url)
     ns = client.namespace
@@ -270,7 +270,7 @@ def test_a_stop_flag_wakes_a_blocked_wait_at_once(redis_server):
     from steersman.flag import Flag
 
     client = broker(redis_server)
-    client._ensure_heartbeat("client")
+    client.keep_alive("client")
     raw = redis.Redis.from_url(redis_server.url)
 
     def blocked() -> int:
@@ -420,7 +420,7 @@ def test_nobody_is_reaped_for_a_lease_after_every_lease_lapsed(redis_server):
     assert worker.get_task(["default"], timeout=5) is not None
     worker._heart_stop.set()  # the worker does not come back
     worker._heart.join()
-    client._ensure_heartbeat("client")  # the client lives on, beating every third of a lease
+    client.keep_alive("client")  # the client lives on, beating every third of a lease
     raw = redis.Redis.from_url(redis_server.url)
     ns = client.namespace
     raw.delete(f"{ns}:alive", f"{ns}:hb:{worker.consumer}", f"{ns}:hb:{client.consumer}")
@@ -542,39 +542,50 @@ def test_a_fetch_that_may_not_wait_still_looks_at_a_lane_seen_empty(redis_server
         b.close()
 
 
-def test_a_worker_process_delivers_a_lone_result_itself_and_once(redis_server):
-    # One task at a time: the process that ran it delivers its result (one hop fewer), the
-    # pool frees the slot from its note, and nothing is delivered twice or left held.
-    client = broker(redis_server)
-    queues = Queues(methods=["add"], broker=client)
-    with WorkerPool(queues, [methods.add], workers=1) as pool:
+def test_worker_processes_take_their_own_tasks_under_leases_their_pool_renews(
+    redis_server, tmp_path
+):
+    # Each worker process of a pool on Redis is a client of its own: it takes tasks into its
+    # own held list and delivers their results, and its lease rides on the pool's client.
+    client = broker(redis_server, lease_seconds=1.0)
+    ns = client.namespace
+    queues = Queues(methods=["add", "wait_for_file"], broker=client)
+    raw = redis.Redis.from_url(redis_server.url)
+    with WorkerPool(queues, [methods.add, methods.wait_for_file], workers=2) as pool:
+        pool.wait_for_workers(30)
         for i in range(5):
             queues.send_inputs(i, 1, method="add")
             assert queues.get_result(timeout=30).value == i + 1
-        # The thinker may read the last result before the pool reads the last note.
-        wait_until(lambda: pool._impl.delivered_by_workers == 5, 10, "the workers' notes")
-        with pytest.raises(ResultTimeout):
-            queues.get_result(timeout=0.5)
-        assert client.redis.llen(f"{client.namespace}:held:{client.consumer}") == 0
-        assert not client._mine
+        gate = tmp_path / "gate"
+        queues.send_inputs(str(gate), method="wait_for_file")
+        wait_until((tmp_path / "gate.started").exists, 30, "the task to start")
+        own = [c.decode() for c in raw.smembers(f"{ns}:consumers")]
+        workers = [c for c in own if c.startswith(client.consumer + "/")]
+        assert len(workers) == 2
+        holding = [c for c in workers if raw.llen(f"{ns}:held:{c}") == 1]
+        assert len(holding) == 1
+        assert raw.llen(f"{ns}:held:{client.consumer}") == 0
+        # The worker's lease (1 s) is renewed by the pool's client: seen renewed four times.
+        hb, last, renewals = f"{ns}:hb:{holding[0]}", [raw.pttl(f"{ns}:hb:{holding[0]}")], []
+
+        def renewed() -> bool:
+            left = raw.pttl(hb)
+            assert left > 0, "the worker's lease ran out"
+            if left > last[-1]:
+                renewals.append(left)
+            last.append(left)
+            return len(renewals) >= 4  # over a whole lease
+
+        wait_until(renewed, 10, "four renewals of the worker's lease")
+        # status shows the pool's client holding the task, not each process apart.
+        [shown] = client.status()["clients"]
+        assert shown["id"] == client.consumer and shown["held"] == 1
+        gate.touch()
+        assert queues.get_result(timeout=30).success
+    # Stopped: the worker processes left Redis, holding nothing.
+    assert not [c for c in raw.smembers(f"{ns}:consumers") if b"/" in c]
+    assert not raw.keys(f"{ns}:held:*/*")
     client.close()
-
-
-def test_a_worker_process_that_cannot_deliver_hands_its_result_to_the_pool(redis_server):
-    # Redis out of the worker process's reach: it gives up at once (the pool's process,
-    # which waits for Redis as long as it takes, delivers instead), not after a timeout.
-    from conftest import free_port
-    from steersman.task import Result, dumps, new_task_id
-    from steersman.workers.pool import _deliver_directly
-
-    spec = broker(redis_server).direct_delivery()
-    spec["url"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    direct = RedisBroker.for_delivery(spec)
-    result = Result(task_id=new_task_id(), method="add", inputs=dumps(((1, 1), {})))
-    result.set_value(2)
-    started = time.monotonic()
-    assert _deliver_directly(direct, result) is False
-    assert time.monotonic() - started < 5
 
 
 def test_waits_carry_on_when_redis_has_forgotten_the_scripts(redis_server):
@@ -1168,10 +1179,10 @@ def test_a_client_of_a_short_lease_does_not_hold_off_reaps_under_a_longer_one(re
     # its task must go on after its lease, not wait out the other's (whose heartbeat would
     # otherwise find everybody lapsed and hold off every reap for its own lease).
     short = broker(redis_server, lease_seconds=1.0)
-    short._ensure_heartbeat("worker")
+    short.keep_alive("worker")
     ns = short.namespace
     long = broker(redis_server, namespace=ns, lease_seconds=10.0)
-    long._ensure_heartbeat("client")
+    long.keep_alive("client")
     sent = Queues(methods=["add"], broker=long).send_inputs(1, 2, method="add")
     assert short.get_task(["default"], timeout=5).task_id == sent
     long._beat()
@@ -1211,7 +1222,7 @@ def test_a_worker_frozen_while_it_waits_takes_nothing_after_it_was_reaped(redis_
         wait_until(lambda: _blocked_on(raw, "blmove"), 10, "the worker to wait")
         frozen.send_signal(signal.SIGSTOP)
         taker = broker(redis_server, namespace=ns)
-        taker._ensure_heartbeat("worker")
+        taker.keep_alive("worker")
         wait_until(lambda: raw.scard(f"{ns}:consumers") == 1, 20, "the frozen worker reaped")
         sent = Queues(methods=["add"], broker=taker).send_inputs(1, 2, method="add")
         task = taker.get_task(["default"], timeout=5)
@@ -1255,3 +1266,34 @@ def test_results_handed_out_stay_handed_out_when_a_reader_is_reaped_twice(redis_
     assert sorted(got) == [0, 1, 2, 3, 4, 5]
     worker.close()
     thinker.close()
+
+
+def test_a_worker_process_reaped_while_it_lives_takes_nothing_until_its_lease_is_renewed(
+    redis_server,
+):
+    # The client that renews a worker process's lease is frozen past the lease: the process,
+    # still running, is reaped. Nobody would hand back what it took from then on, so Redis
+    # refuses it tasks (its blocking wait's too) until a heartbeat lists it again.
+    client = broker(redis_server, lease_seconds=0.6)
+    ns = client.namespace
+    queues = Queues(methods=["add"], broker=client)
+    process = RedisBroker.for_worker_process(client.process_spec("test-w0.0"))
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.srem(f"{ns}:consumers", process.consumer)  # what the reaper does
+    raw.delete(f"{ns}:hb:{process.consumer}")
+    task_id = queues.send_inputs(1, 1, method="add")
+    lane, held = f"{ns}:lane:default", f"{ns}:held:{process.consumer}"
+    assert process.get_tasks(["default"], 1, timeout=0.3) == []  # the take script refuses
+    assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
+    process._seen_empty = lane  # the next take waits with BLMOVE, which moves the task
+    assert process.get_tasks(["default"], 1, timeout=0.3) == []  # and hands it back
+    assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
+    client.adopt(process.consumer)  # its lease is renewed again
+    client.keep_alive("worker")
+    [task] = process.get_tasks(["default"], 1, timeout=10)
+    assert task.task_id == task_id and task.attempt == 1
+    task.set_value(2)
+    process.put_results([task])
+    assert queues.get_result(timeout=10).value == 2
+    for b in (process, client):
+        b.close()

@@ -1,4 +1,5 @@
-"""Local worker pools: processes and threads, failures, crashes, timeouts, resources."""
+"""Worker pools: processes and threads, failures, crashes, timeouts, resources; the process
+pools on each broker (on Redis their processes take their own tasks)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from steersman import ConfigurationError, Queues, UnknownMethodError, WorkerPool
 from steersman.errors import PoolError
 
 
-def test_exception_in_task_returns_failure_with_traceback():
-    queues = Queues(methods=["fail"])
+def test_exception_in_task_returns_failure_with_traceback(make_queues):
+    queues = make_queues(methods=["fail"])
     with WorkerPool(queues, [methods.fail], workers=1):
         queues.send_inputs("no good", method="fail")
         result = queues.get_result(timeout=30)
@@ -27,8 +28,8 @@ def test_exception_in_task_returns_failure_with_traceback():
     assert result.attempt == 1  # exceptions are not retried unless asked
 
 
-def test_exception_is_retried_when_the_task_asks(tmp_path):
-    queues = Queues(methods=["flaky"])
+def test_exception_is_retried_when_the_task_asks(tmp_path, make_queues):
+    queues = make_queues(methods=["flaky"])
     with WorkerPool(queues, [methods.flaky], workers=1):
         queues.send_inputs(str(tmp_path), 2, method="flaky", retry_on_exception=True)
         result = queues.get_result(timeout=30)
@@ -37,8 +38,8 @@ def test_exception_is_retried_when_the_task_asks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attempt1", "attempt2", "attempt3"]
 
 
-def test_generator_streams_intermediate_results_then_final():
-    queues = Queues(methods=["count_up"])
+def test_generator_streams_intermediate_results_then_final(make_queues):
+    queues = make_queues(methods=["count_up"])
     with WorkerPool(queues, [methods.count_up], workers=1):
         queues.send_inputs(3, method="count_up")
         results = [queues.get_result(timeout=30) for _ in range(4)]
@@ -66,8 +67,8 @@ def test_cpu_threads_sets_thread_count_of_the_task_process():
     assert default["blas"] == after["blas"]
 
 
-def test_killed_worker_task_is_rerun_and_pool_replaces_process(tmp_path):
-    queues = Queues(methods=["die_on_first_attempt"])
+def test_killed_worker_task_is_rerun_and_pool_replaces_process(tmp_path, make_queues):
+    queues = make_queues(methods=["die_on_first_attempt"])
     with WorkerPool(queues, [methods.die_on_first_attempt], workers=1) as pool:
         pool.wait_for_workers(30)
         first_pid = pool.worker_pids()[0]
@@ -80,8 +81,8 @@ def test_killed_worker_task_is_rerun_and_pool_replaces_process(tmp_path):
         assert len(pool.worker_pids()) == 1
 
 
-def test_task_that_always_kills_its_worker_fails_after_max_retries():
-    queues = Queues(methods=["die", "add"])
+def test_task_that_always_kills_its_worker_fails_after_max_retries(make_queues):
+    queues = make_queues(methods=["die", "add"])
     with WorkerPool(queues, [methods.die, methods.add], workers=1) as pool:
         queues.send_inputs(method="die", max_retries=2)
         result = queues.get_result(timeout=60)
@@ -96,8 +97,8 @@ def test_task_that_always_kills_its_worker_fails_after_max_retries():
         assert len(pool.worker_pids()) == 1
 
 
-def test_worker_killed_from_outside_mid_task_does_not_hang_the_run(tmp_path):
-    queues = Queues(methods=["wait_for_file"])
+def test_worker_killed_from_outside_mid_task_does_not_hang_the_run(tmp_path, make_queues):
+    queues = make_queues(methods=["wait_for_file"])
     gate = tmp_path / "gate"
     with WorkerPool(queues, [methods.wait_for_file], workers=1):
         queues.send_inputs(str(gate), method="wait_for_file")
@@ -114,8 +115,8 @@ def test_worker_killed_from_outside_mid_task_does_not_hang_the_run(tmp_path):
     assert result.value != victim
 
 
-def test_task_over_its_timeout_is_killed_and_says_timeout():
-    queues = Queues(methods=["sleep_then", "add"])
+def test_task_over_its_timeout_is_killed_and_says_timeout(make_queues):
+    queues = make_queues(methods=["sleep_then", "add"])
     with WorkerPool(queues, [methods.sleep_then, methods.add], workers=1):
         start = time.monotonic()
         queues.send_inputs(60, method="sleep_then", timeout=0.5)
@@ -172,8 +173,8 @@ def test_pool_rejects_methods_the_queues_do_not_declare():
         WorkerPool(queues, [methods.add], start_method="teleport")
 
 
-def test_stopping_a_pool_leaves_no_worker_process():
-    queues = Queues(methods=["add"])
+def test_stopping_a_pool_leaves_no_worker_process(make_queues):
+    queues = make_queues(methods=["add"])
     pool = WorkerPool(queues, [methods.add], workers=2).start()
     pool.wait_for_workers(30)
     pids = pool.worker_pids()
@@ -195,8 +196,8 @@ def _alive(pid):
         return False
 
 
-def test_leaving_the_pool_on_an_error_stops_running_tasks_at_once(tmp_path):
-    queues = Queues(methods=["wait_for_file"])
+def test_leaving_the_pool_on_an_error_stops_running_tasks_at_once(tmp_path, make_queues):
+    queues = make_queues(methods=["wait_for_file"])
     gate = tmp_path / "gate"
     start = None
     with (
@@ -215,8 +216,8 @@ def test_leaving_the_pool_on_an_error_stops_running_tasks_at_once(tmp_path):
     assert sum(queues.broker.queue_depths().values()) == 1
 
 
-def test_with_prefetch_a_crash_is_blamed_on_the_task_that_ran():
-    queues = Queues(methods=["echo", "die"])
+def test_with_prefetch_a_crash_is_blamed_on_the_task_that_ran(make_queues):
+    queues = make_queues(methods=["echo", "die"])
     with WorkerPool(queues, [methods.echo, methods.die], workers=1, prefetch=4) as pool:
         pool.wait_for_workers(30)
         innocent = queues.send_inputs("innocent", method="echo", max_retries=0)
@@ -227,8 +228,8 @@ def test_with_prefetch_a_crash_is_blamed_on_the_task_that_ran():
     assert results[culprit].failure.kind == "worker_lost"
 
 
-def test_timeout_clock_starts_when_the_worker_is_ready_not_when_it_boots():
-    queues = Queues(methods=["add"])
+def test_timeout_clock_starts_when_the_worker_is_ready_not_when_it_boots(make_queues):
+    queues = make_queues(methods=["add"])
     # The worker has not said it is ready yet; its boot must not count against the task.
     with WorkerPool(queues, [methods.add], workers=1, start_method="spawn"):
         queues.send_inputs(1, 2, method="add", timeout=0.05)
@@ -270,8 +271,8 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_timeout_also_kills_the_programs_its_task_started(tmp_path):
-    queues = Queues(methods=["start_program_then_wait"])
+def test_a_timeout_also_kills_the_programs_its_task_started(tmp_path, make_queues):
+    queues = make_queues(methods=["start_program_then_wait"])
     pid_path = tmp_path / "pid"
     with WorkerPool(queues, [methods.start_program_then_wait], workers=1):
         queues.send_inputs(str(pid_path), method="start_program_then_wait", timeout=2)
@@ -283,7 +284,7 @@ def test_a_timeout_also_kills_the_programs_its_task_started(tmp_path):
         wait_until(lambda: not _running(program), 10, "the task's program to be killed")
 
 
-def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog):
+def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog, make_queues):
     # The method's module exists here but not for the worker processes.
     import importlib
     import sys
@@ -293,7 +294,7 @@ def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog
     monkeypatch.syspath_prepend(str(tmp_path))
     only_here = importlib.import_module("only_here")
     module.unlink()
-    queues = Queues(methods=["work"])
+    queues = make_queues(methods=["work"])
     pool = WorkerPool(queues, [only_here.work], workers=1).start()
     try:
         with pytest.raises(PoolError, match="workers in a row died while starting"):
@@ -303,8 +304,8 @@ def test_a_pool_whose_workers_cannot_start_says_so(tmp_path, monkeypatch, caplog
         sys.modules.pop("only_here", None)
 
 
-def test_a_worker_that_dies_takes_the_programs_its_task_started_with_it(tmp_path):
-    queues = Queues(methods=["start_program_then_wait"])
+def test_a_worker_that_dies_takes_the_programs_its_task_started_with_it(tmp_path, make_queues):
+    queues = make_queues(methods=["start_program_then_wait"])
     pid_path = tmp_path / "pid"
     with WorkerPool(queues, [methods.start_program_then_wait], workers=1) as pool:
         queues.send_inputs(str(pid_path), method="start_program_then_wait", max_retries=0)

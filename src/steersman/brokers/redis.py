@@ -8,7 +8,9 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:lane:L``      list  ids waiting in lane L (``sim:high``, ``sim``, ``sim:low``)
 - ``{ns}:bell:Q``      list  tokens that wake workers of several lanes blocked on queue Q
                          (at most 64); a worker of one lane blocks on the lane itself
-- ``{ns}:held:C``      list  ids client C has taken and not finished (running or prefetched)
+- ``{ns}:held:C``      list  ids client C has taken and not finished (running or prefetched);
+                         a worker process of a pool is a client ``P/label`` of its own, whose
+                         lease its pool's client ``P`` renews
 - ``{ns}:hb:C``        string, expires after the lease: client C is alive
 - ``{ns}:alive``       string, expires after a lease: some client beat within the last one
 - ``{ns}:noreap``      string, expires after a lease: nobody had beaten for a whole lease
@@ -89,9 +91,6 @@ HMAC_KEY_ENV = "STEERSMAN_HMAC_KEY"
 SIGNATURE_BYTES = 32
 MiB = 1024 * 1024
 BLOB_CACHE_BYTES = 256 * MiB
-DIRECT_DELIVERY_TIMEOUT = 10.0
-"""Seconds a worker process waits for Redis to answer a delivery of its own before it hands
-the result to its pool instead."""
 REAP_PERIOD = 1.0
 """Seconds between looks for lapsed leases (one live client looks each time): a dead client's
 tasks move on within about this long after its lease runs out."""
@@ -192,6 +191,12 @@ return out
 _TAKE = """
 -- ARGV: ns, consumer, max, lane1..laneN (highest priority first)
 local ns = ARGV[1]
+-- A consumer reaped while it lives (it, or the client that renews its lease, was frozen
+-- past the lease) takes nothing until a heartbeat lists it again: nobody would hand back
+-- what it took.
+if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
+  return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
+end
 local held = ns .. ':held:' .. ARGV[2]
 local want = tonumber(ARGV[3])
 local out, n = {}, 0
@@ -219,6 +224,17 @@ _TAKEN = """
 -- woken by a task has it whole without asking again. Also says how many wait in the lane.
 local ns = ARGV[1]
 local held = ns .. ':held:' .. ARGV[2]
+if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
+  -- Reaped while it lives (see the take script): the reaper emptied its held list, so what
+  -- is there now its wait moved since. It goes back to the front of its lane, untouched.
+  while true do
+    local id = redis.call('RPOP', held)
+    if not id then break end
+    local lane = redis.call('HGET', ns .. ':laneof', id)
+    if lane then redis.call('LPUSH', ns .. ':lane:' .. lane, id) end
+  end
+  return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
+end
 local left = redis.call('LLEN', ns .. ':lane:' .. ARGV[3])
 local id = redis.call('LINDEX', held, -1)
 if not id then return {false, false, '0', left} end
@@ -544,12 +560,14 @@ return {queued, running}
 """
 
 _CANCELLED_HELD = """
--- ARGV: ns, consumer. Ids this consumer holds that someone asked to cancel.
+-- ARGV: ns, consumer1..consumerN. Ids these consumers hold that someone asked to cancel.
 local ns = ARGV[1]
 local out = {}
 if redis.call('SCARD', ns .. ':cancel') == 0 then return out end
-for _, id in ipairs(redis.call('LRANGE', ns .. ':held:' .. ARGV[2], 0, -1)) do
-  if redis.call('SISMEMBER', ns .. ':cancel', id) == 1 then out[#out + 1] = id end
+for i = 2, #ARGV do
+  for _, id in ipairs(redis.call('LRANGE', ns .. ':held:' .. ARGV[i], 0, -1)) do
+    if redis.call('SISMEMBER', ns .. ':cancel', id) == 1 then out[#out + 1] = id end
+  end
 end
 return out
 """
@@ -594,6 +612,11 @@ redis.call('LTRIM', ns .. ':bell:' .. queue, -64, -1)
 redis.call('EXPIRE', ns .. ':bell:' .. queue, ARGV[6])
 return 1
 """
+
+
+def _reaped(reply: Any) -> bool:
+    """Whether a reply is Redis refusing a take because the client was reaped."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("REAPED")
 
 
 def _is_loopback(url: str) -> bool:
@@ -748,6 +771,11 @@ class RedisBroker:
         self._blobs_size = 0
         self._blobs_lock = threading.Lock()
         self._closed = False
+        self._adopted: set[str] = set()
+        self._adopted_lock = threading.Lock()
+        """Worker processes of pools on this client, whose leases this client renews."""
+        self._beats_elsewhere = False  # a worker process: its pool's client beats for it
+        self._reaped_said = -1e9  # when it last logged that it was reaped while it lived
         self._wait_loaded = False  # the script of a wait sent with a submission is loaded
 
     def _connect(self, socket_timeout: float | None = None) -> None:
@@ -779,15 +807,17 @@ class RedisBroker:
         }
         self._scripts = {name: self.redis.register_script(s) for name, s in scripts.items()}
 
-    # ------------------------------------------------------------ delivery from workers
-    def direct_delivery(self) -> dict[str, Any]:
-        """What a worker process of a pool on this client needs to deliver its results to
-        Redis itself, into this client's records (see :meth:`for_delivery`)."""
+    # ------------------------------------------------------------ worker processes
+    def process_spec(self, label: str) -> dict[str, Any]:
+        """What a worker process of a pool on this client needs to take tasks and deliver
+        results itself, as a client of its own (see :meth:`for_worker_process`) whose lease
+        this client renews (:meth:`adopt`)."""
         return {
             "url": self.url,
             "namespace": self.namespace,
-            "consumer": self.consumer,
+            "consumer": f"{self.consumer}/{label}",
             "hmac_key": self.key,
+            "lease_seconds": self.lease_seconds,
             "ttl_seconds": self.ttl_seconds,
             "inline_limit": self.inline_limit,
             "max_payload_bytes": self.max_payload_bytes,
@@ -795,23 +825,70 @@ class RedisBroker:
         }
 
     @classmethod
-    def for_delivery(cls, spec: dict[str, Any]) -> RedisBroker:
-        """A broker that delivers results as the client of ``spec`` (its held tasks, its
-        records), failing at once rather than waiting for Redis: the caller then hands the
-        result to that client, which waits as long as it takes."""
+    def for_worker_process(cls, spec: dict[str, Any]) -> RedisBroker:
+        """The broker of a worker process (see :meth:`process_spec`). It waits for Redis as
+        long as it takes, and beats once before it takes anything, so that what it takes is
+        covered by a lease from the start; from then on its pool's client beats for it (a
+        task that holds the GIL cannot starve that beat)."""
         spec = dict(spec)
         consumer = spec.pop("consumer")
-        broker = cls(**spec, insecure=True, connect_timeout=0)
+        broker = cls(**spec, insecure=True, connect_timeout=None)
         broker.consumer = consumer
         # Exactly the client's key, or none: not one this process's environment may hold.
         broker.key = spec["hmac_key"]
-        broker._connect(socket_timeout=DIRECT_DELIVERY_TIMEOUT)
+        broker.role = "worker"
+        broker._beats_elsewhere = True
+        lease_ms = int(broker.lease_seconds * 1000)
+        broker._call(
+            "heartbeat",
+            lambda: broker._scripts["beat"](keys=[], args=[broker.namespace, consumer, lease_ms]),
+        )
         return broker
 
-    def settled_elsewhere(self, task_ids: Iterable[str]) -> None:
-        """Tasks of ours whose results a worker process delivered itself."""
-        with self._mine_lock:
-            self._mine.difference_update(task_ids)
+    def adopt(self, consumer: str) -> None:
+        """Renew the lease of ``consumer`` (a worker process of a pool on this client) with
+        this client's own, until :meth:`retire`."""
+        with self._adopted_lock:
+            self._adopted.add(consumer)
+
+    def retire(self, consumer: str) -> None:
+        """Stop renewing the lease of an adopted consumer whose process ended, and remove it
+        from Redis if it holds nothing; what it still holds goes to others once its lease
+        runs out."""
+        with self._adopted_lock:
+            self._adopted.discard(consumer)
+        try:
+            if self.redis.llen(self._k("held", consumer)) == 0:
+                pipe = self.redis.pipeline()
+                pipe.delete(self._k("hb", consumer))
+                pipe.srem(self._k("consumers"), consumer)
+                pipe.execute()
+        except redis.RedisError as error:
+            logger.warning("could not remove worker %s from Redis: %s", consumer, error)
+
+    def held_tasks(self, consumer: str) -> list[Result]:
+        """The tasks ``consumer`` holds, in the order it took them, with their lost leases
+        counted in their attempt. One that cannot be read leaves the held list, logged."""
+        ids = self.redis.lrange(self._k("held", consumer), 0, -1)
+        if not ids:
+            return []
+        found = self._read_held(ids, holder=consumer)
+        tasks = []
+        for index in range(0, len(found), 3):
+            task_id, data, lost = found[index].decode(), found[index + 1], int(found[index + 2])
+            try:
+                task = self._open(data, load_values=False)
+            except EnvelopeError as error:
+                logger.error("dropped held task %s: %s", task_id, error)
+                self.redis.lrem(self._k("held", consumer), 1, task_id)
+                continue
+            task.attempt += lost
+            tasks.append(task)
+        return tasks
+
+    def held_ids(self, consumer: str) -> list[str]:
+        """Ids of the tasks ``consumer`` holds."""
+        return [i.decode() for i in self.redis.lrange(self._k("held", consumer), 0, -1)]
 
     # --------------------------------------------------------------------------- keys
     def _k(self, *parts: str) -> str:
@@ -1074,7 +1151,7 @@ class RedisBroker:
         reader = self._readers.get(topic)
         if reader is None or any(t.topic != topic for t in tasks):
             return None
-        self._ensure_heartbeat("client")
+        self.keep_alive("client")
         if not reader.lock.acquire(blocking=False):
             return None  # another thread reads the topic: its wait is in place already
         try:
@@ -1153,11 +1230,12 @@ class RedisBroker:
                 fields += (_length(len(value)), value)
         return b"".join(fields)
 
-    def _ensure_heartbeat(self, role: str) -> None:
+    def keep_alive(self, role: str) -> None:
+        """Start renewing this client's lease (and those it adopted), if not yet begun."""
         with self._heart_lock:
             if role == "worker":
                 self.role = "worker"
-            if self._heart is not None:
+            if self._heart is not None or self._beats_elsewhere:
                 return
             self._call("heartbeat", self._beat)
             self._heart = threading.Thread(
@@ -1185,7 +1263,10 @@ class RedisBroker:
             except Exception as error:  # status is best effort; the lease is not
                 logger.debug("describing a pool failed: %s", error)
         lease_ms = int(self.lease_seconds * 1000)
-        self._scripts["beat"](keys=[], args=[self.namespace, self.consumer, lease_ms])
+        with self._adopted_lock:
+            adopted = list(self._adopted)
+        for consumer in [self.consumer, *adopted]:
+            self._scripts["beat"](keys=[], args=[self.namespace, consumer, lease_ms])
         info_key = self._k("info", self.consumer)
         pipe = self.redis.pipeline()
         pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
@@ -1207,8 +1288,10 @@ class RedisBroker:
                     next_beat = time.monotonic() + self.lease_seconds / 3 - period / 2
                 self.reap()
                 if self.cancel_handlers:
+                    with self._adopted_lock:
+                        adopted = list(self._adopted)
                     ids = self._scripts["cancelled_held"](
-                        keys=[], args=[self.namespace, self.consumer]
+                        keys=[], args=[self.namespace, self.consumer, *adopted]
                     )
                     for handler in list(self.cancel_handlers) if ids else ():
                         handler([i.decode() for i in ids])
@@ -1338,7 +1421,7 @@ class RedisBroker:
         task submitted to an idle worker is taken in the same step that wakes it; a worker
         of several lanes waits on the queues' bells, then takes in priority order.
         """
-        self._ensure_heartbeat("worker")
+        self.keep_alive("worker")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         held = self._k("held", self.consumer)
         single = self._k("lane", lanes[0]) if len(lanes) == 1 else None
@@ -1357,14 +1440,21 @@ class RedisBroker:
                     return tasks
             expired = deadline is not None and time.monotonic() >= deadline
             if single is None or self._seen_empty != single or expired:
-                found = self._call(
-                    "take",
-                    self._moving,
-                    self._scripts["take"],
-                    [],
-                    [self.namespace, self.consumer, max_count, *lanes],
-                    give_up=stop,
-                )
+                try:
+                    found = self._call(
+                        "take",
+                        self._moving,
+                        self._scripts["take"],
+                        [],
+                        [self.namespace, self.consumer, max_count, *lanes],
+                        give_up=stop,
+                    )
+                except redis.ResponseError as error:
+                    if not _reaped(error):
+                        raise
+                    if self._wait_for_lease(deadline, stop):
+                        return []
+                    continue
                 if single is not None and len(found) < 3 * max_count:
                     self._seen_empty = single
                 if found:
@@ -1396,11 +1486,15 @@ class RedisBroker:
                 raise task_id
             if task_id is not None:
                 read = replies[1]
+                if isinstance(read, redis.exceptions.NoScriptError):
+                    # Not loaded (Redis restarted): run it again, which loads it.
+                    read = self._unsure(self._read_taken, lanes[0], stop)
+                if _reaped(read):
+                    if self._wait_for_lease(deadline, stop):
+                        return []
+                    continue
                 if isinstance(read, redis.ResponseError) or read[0] != task_id:
-                    # The script was not loaded (Redis restarted) or read something else:
-                    # read the task on its own.
-                    if isinstance(read, redis.exceptions.NoScriptError):
-                        self._reload("taken", give_up=stop)
+                    # It failed, or read something else: read the task on its own.
                     found, left = self._unsure(
                         self._call, "read task", self._read_held, [task_id], single, give_up=stop
                     )
@@ -1411,6 +1505,40 @@ class RedisBroker:
                 tasks = self._unsure(self._accept, found)
                 if tasks:
                     return tasks
+
+    def _read_taken(self, lane: str, stop: threading.Event | None) -> Any:
+        """The taken script on its own (as sent after a ``BLMOVE``); an error reply is
+        returned, not raised."""
+        try:
+            return self._call(
+                "read task",
+                self._scripts["taken"],
+                keys=[],
+                args=[self.namespace, self.consumer, lane],
+                give_up=stop,
+            )
+        except redis.ResponseError as error:
+            return error
+
+    def _wait_for_lease(self, deadline: float | None, stop: threading.Event | None) -> bool:
+        """This client was reaped while it lives: wait a little for a heartbeat to list it
+        again. Returns whether the caller's deadline or stop came first."""
+        if time.monotonic() - self._reaped_said > 60:  # one line a minute while it lasts
+            self._reaped_said = time.monotonic()
+            logger.warning(
+                "client %s was reaped (its lease ran out while it lived); taking nothing until "
+                "its next heartbeat",
+                self.consumer,
+            )
+        pause = min(self.lease_seconds / 3, 1.0)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - time.monotonic()))
+        if stop is not None:
+            stopped = stop.wait(pause)
+        else:
+            time.sleep(pause)
+            stopped = False
+        return stopped or (deadline is not None and time.monotonic() >= deadline)
 
     def _unsure(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a step that follows a take; if it fails, the taken tasks sit in our held list
@@ -1442,7 +1570,9 @@ class RedisBroker:
             logger.warning("took back %d task(s) whose take lost its reply", len(found) // 3)
         return found
 
-    def _read_held(self, ids: list[bytes], lane: str | None = None) -> Any:
+    def _read_held(
+        self, ids: list[bytes], lane: str | None = None, holder: str | None = None
+    ) -> Any:
         """Envelopes and lost-lease counts of held ids, as the take script returns them; an
         id whose task is gone (cancelled or finished meanwhile) leaves the held list. Given
         a ``lane`` key, also returns how many ids wait in it, read in the same round trip."""
@@ -1457,7 +1587,7 @@ class RedisBroker:
         for index, task_id in enumerate(ids):
             envelope, lost = replies[2 * index], replies[2 * index + 1]
             if envelope is None:
-                self.redis.lrem(self._k("held", self.consumer), -1, task_id)
+                self.redis.lrem(self._k("held", holder or self.consumer), -1, task_id)
             else:
                 found += [task_id, envelope, lost or b"0"]
         return found if lane is None else (found, replies[-1])
@@ -1521,12 +1651,13 @@ class RedisBroker:
             self._mine.update(t.task_id for t in tasks)
         return tasks
 
-    def requeue(self, task: Result, front: bool = True) -> None:
-        """Hand a task this client holds back to its lane. Only one it still holds and that
-        has no final result goes back, so a call repeated after a lost reply is harmless."""
+    def requeue(self, task: Result, front: bool = True, holder: str | None = None) -> None:
+        """Hand a task this client (or ``holder``, a worker process it adopted) holds back to
+        its lane. Only one still held and that has no final result goes back, so a call
+        repeated after a lost reply is harmless."""
         self._run(
             "requeue",
-            self.consumer,
+            holder or self.consumer,
             task.task_id,
             task.lane,
             task.queue,
@@ -1564,9 +1695,11 @@ class RedisBroker:
     def put_result(self, result: Result) -> None:
         self.put_results([result])
 
-    def put_results(self, results: Sequence[Result]) -> None:
-        """Deliver results in one round trip; a final one only if none was delivered before."""
-        args: list[Any] = [self.consumer, self.ttl_seconds, time.time()]
+    def put_results(self, results: Sequence[Result], holder: str | None = None) -> None:
+        """Deliver results in one round trip; a final one only if none was delivered before.
+        Their tasks leave the held list of this client, or of ``holder`` (a worker process
+        it adopted)."""
+        args: list[Any] = [holder or self.consumer, self.ttl_seconds, time.time()]
         for result in results:
             try:
                 envelope = self._seal(result)
@@ -1603,7 +1736,7 @@ class RedisBroker:
         reader that dies gives back what it had not finished with, and a fetch whose reply
         was lost is asked again under the same number and returns the same results.
         """
-        self._ensure_heartbeat("client")
+        self.keep_alive("client")
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._results_lock:
             reader = self._readers.setdefault(topic, _Reader())
@@ -1948,10 +2081,12 @@ class RedisBroker:
         for field, count in self.redis.hgetall(self._k("stats")).items():
             kind, _, queue = field.decode().partition(":")
             row(queue)[kind] = int(count)
-        clients = []
+        clients: dict[str, dict[str, Any]] = {}
+        held_by: dict[str, int] = {}
         for member in sorted(self.redis.smembers(self._k("consumers"))):
             consumer = member.decode()
             held = self.redis.lrange(self._k("held", consumer), 0, -1)
+            held_by[consumer] = len(held)
             if held:
                 for lane in self.redis.hmget(self._k("laneof"), held):
                     if lane is not None:
@@ -1961,7 +2096,13 @@ class RedisBroker:
             info["id"] = consumer
             info["alive"] = bool(self.redis.exists(self._k("hb", consumer)))
             info["held"] = len(held)
-            clients.append(info)
+            clients[consumer] = info
+        for consumer, count in held_by.items():
+            # A pool's worker processes are shown as part of their pool's client.
+            parent = consumer.partition("/")[0]
+            if parent != consumer and parent in clients:
+                clients[parent]["held"] += count
+                del clients[consumer]
         aside_results = sum(
             self.redis.llen(key)
             for key in self.redis.scan_iter(match=self._k("incompatible-results", "*"))
@@ -1970,7 +2111,7 @@ class RedisBroker:
         return {
             "namespace": self.namespace,
             "queues": queues,
-            "clients": clients,
+            "clients": list(clients.values()),
             "set_aside": set_aside,
         }
 

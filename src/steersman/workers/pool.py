@@ -1,13 +1,16 @@
 """Local worker pools: N processes (or threads) that serve the queues of their methods.
 
-A process pool runs two threads in the client process. The *feeder* takes a task from the
-broker only when a worker has room for it and writes it down that worker's pipe; the
-*collector* waits on every worker's pipe and process sentinel at once (no polling), delivers
-results, and notices a dead worker the moment its process ends. On a remote broker a worker
-process delivers a result itself when no other task waits for it (one hop fewer on the way
-to the thinker), and tells the collector so. A task held by a dead worker
-is run again on a fresh process, up to its ``max_retries``; then it fails with a reason that
-says so. A task past its ``timeout`` has its process killed and fails as ``timeout``.
+On Redis, each worker process takes its own tasks and delivers their results itself, as a
+client of its own whose lease the pool's client renews (a task holding the GIL cannot starve
+it); no task passes through the pool's process. That process watches: its *collector* thread
+waits on every worker's pipe and process sentinel at once (no polling), kills a process
+whose task runs past its ``timeout`` (a task with one is announced on the pipe), and when a
+process ends reads what it held from Redis, to run it again, fail it or hand it back. On the
+embedded broker a *feeder* thread takes a task only when a worker has room for it and writes
+it down that worker's pipe, and the collector delivers the results. A task held by a dead
+worker is run again on a fresh process, up to its ``max_retries``; then it fails with a
+reason that says so. A task past its ``timeout`` has its process killed and fails as
+``timeout``.
 """
 
 from __future__ import annotations
@@ -100,9 +103,15 @@ def wants_retry(result: Result) -> bool:
     )
 
 
-def settle(queues: Queues, results: list[Result]) -> None:
+def _held_by(holder: str | None) -> dict[str, str]:
+    """The keyword naming the worker process that holds a task, for a broker with serving
+    workers (none otherwise: the broker's own client holds it)."""
+    return {} if holder is None else {"holder": holder}
+
+
+def settle(queues: Queues, results: list[Result], holder: str | None = None) -> None:
     """Deliver results in one call to the broker; requeue those that failed in a way their
-    task asked to retry."""
+    task asked to retry. ``holder`` names the serving worker process that held their tasks."""
     deliver = []
     for result in results:
         failure = result.failure
@@ -115,11 +124,11 @@ def settle(queues: Queues, results: list[Result]) -> None:
                 failure,
             )
             result.reset_for_retry()
-            queues.broker.requeue(result, front=True)
+            queues.broker.requeue(result, front=True, **_held_by(holder))
         else:
             deliver.append(result)
     if deliver:
-        queues.broker.put_results(deliver)
+        queues.broker.put_results(deliver, **_held_by(holder))
 
 
 STOP_WAIT_FOR_BROKER = 5.0
@@ -487,39 +496,17 @@ def _kill_leftovers(pid: int | None) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-DELIVERED = b"\x00"
-"""First byte of a worker's note that it delivered a result to the broker itself (a batch of
-results, msgpack, never starts with it)."""
-_note = msgspec.msgpack.Encoder()
-_note_decoder = msgspec.msgpack.Decoder(tuple[str, float | None])
-
-
-def _deliver_directly(direct: Any, result: Result) -> bool:
-    """Deliver a final result straight to the broker from the worker process: the pool's
-    process, which would deliver it otherwise, is one hop and one wake-up fewer on the way
-    to the thinker. Any trouble returns False and the result takes the usual way; if the
-    delivery landed after all, the broker's once-only record keeps it from counting twice."""
-    try:
-        direct.put_results([result])
-    except Exception:
-        return False
-    return True
-
-
 def _worker_main(
     conn: multiprocessing.connection.Connection,
     methods_blob: bytes,
     label: str,
     finished: Any,
-    direct_spec: dict[str, Any] | None = None,
 ):
-    """Entry point of a worker process: read batches of tasks, write results, until told to stop.
+    """Entry point of a worker process fed by its pool: read batches of tasks, write
+    results, until told to stop.
 
     ``finished`` (a shared integer) counts the tasks this process has finished, so the pool
-    knows a task is done while its result is still on the way. Given ``direct_spec`` (a
-    remote broker's :meth:`direct_delivery`), a final result that needs no retry is
-    delivered from here when no other task waits for this process (when tasks wait, the
-    pool's process delivers many in one call), and the pool gets a short note.
+    knows a task is done while its result is still on the way.
     """
     # Ctrl-C and SIGTERM are the parent's to handle: it lets running tasks finish first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -528,17 +515,6 @@ def _worker_main(
     _own_group()
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
-    direct = None
-    if direct_spec is not None:
-        from steersman.brokers.redis import RedisBroker
-
-        try:
-            direct = RedisBroker.for_delivery(direct_spec)
-        except Exception as error:  # results then go through the pool, as on any broker
-            print(
-                f"steersman worker {worker_id}: delivering through the pool: {error}",
-                file=sys.stderr,
-            )
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -555,40 +531,185 @@ def _worker_main(
                 f"steersman worker {worker_id}: dropped a garbled batch: {error}", file=sys.stderr
             )
             continue
-        for index, task in enumerate(tasks):
+        for task in tasks:
             task.timestamps.picked_up = picked_up
-            partial = False
             # Each result leaves before the next task starts: the pool then knows that the
             # first task it still counts as in flight is the one running, and blames a
             # crash or a timeout on the right task.
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
+                if result.complete:
+                    # From now on the pool does not kill this process for the task's timeout,
+                    # however long the result takes to reach the broker.
+                    finished.value += 1
+                conn.send_bytes(encode_batch([result]))
+
+
+TIMED = b"\x01"
+"""First byte of a serving worker's note that it started a task with a timeout (a batch of
+results, msgpack, never starts with it)."""
+LOGGED = b"\x02"
+"""First byte of a log record a serving worker passes to its pool, which logs it: one log
+for the whole worker, formatted as its process formats its own."""
+_note = msgspec.msgpack.Encoder()
+_note_decoder = msgspec.msgpack.Decoder(tuple[str, float, float])
+_record_decoder = msgspec.msgpack.Decoder(tuple[int, str, str])
+
+
+class _ToPool(logging.Handler):
+    """Pass a worker process's log records to its pool over the pipe."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, level: int) -> None:
+        super().__init__(level)
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.conn.send_bytes(LOGGED + _note.encode((record.levelno, record.name, message)))
+        except Exception:  # the pool is gone: nobody to tell
+            self.handleError(record)
+
+
+RUNNING_BYTES = 512
+"""Room for the id and method of the task a serving worker runs, shared with its pool."""
+FLUSH_SECONDS = 0.02
+"""A serving worker running a batch of short tasks delivers their results at least this
+often, and at the end of the batch."""
+
+
+def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any) -> None:
+    """Set ``stop`` when the pool says so (or is gone): the flag's waker ends a wait for
+    tasks that is blocked in Redis at once."""
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv_bytes()
+    stop.set()
+
+
+def _serving_main(
+    conn: multiprocessing.connection.Connection,
+    methods_blob: bytes,
+    label: str,
+    spec: dict[str, Any],
+    lanes: list[str],
+    prefetch: int | str,
+    running: Any,
+    holding: Any,
+    log_level: int = logging.WARNING,
+):
+    """Entry point of a worker process that takes its own tasks from Redis and delivers
+    their results itself, as a client of its own whose lease its pool renews.
+
+    The pool learns what it needs without a message per task: ``running`` (shared) holds the
+    id and method of the task running now, ``holding`` how many tasks this process holds;
+    a task with a timeout is announced on the pipe, so the pool can kill the process when
+    it runs over. Whatever this process holds when it dies, the pool finds in its held list
+    in Redis. Told to stop, it finishes the task it runs and hands back those it has not
+    started.
+    """
+    from steersman.brokers.redis import RedisBroker
+    from steersman.flag import Flag
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    _own_group()
+    root = logging.getLogger()
+    root.handlers = [_ToPool(conn, log_level)]
+    root.setLevel(log_level)
+    worker_id = worker_id_for(label)
+    methods = cloudpickle.loads(methods_blob)
+    broker = RedisBroker.for_worker_process(spec)
+    stop = Flag()
+    threading.Thread(target=_wait_for_stop, args=(conn, stop), daemon=True).start()
+    auto = prefetch == "auto"
+    capacity = 1 if auto else 1 + int(prefetch)
+    recent: float | None = None
+    conn.send_bytes(b"ready")
+    while not stop.is_set():
+        try:
+            tasks = broker.get_tasks(lanes, capacity, stop=stop)
+        except Exception as error:  # Redis answered with an error (it waits out lost links)
+            logger.error("worker %s cannot take tasks: %s; trying again", worker_id, error)
+            stop.wait(1.0)
+            continue
+        holding.value = len(tasks)
+        pending: list[Result] = []
+        since = 0.0
+        for index, task in enumerate(tasks):
+            if stop.is_set():
+                _deliver_own(broker, pending, stop)
+                pending.clear()
+                for unstarted in reversed(tasks[index:]):
+                    persist(
+                        "handing a task back",
+                        lambda t=unstarted: broker.requeue(t, front=True),
+                        threading.Event(),  # never given up: the pool kills after its grace
+                    )
+                break
+            if task.timeout is not None:
+                # Its process may be killed: what waits to be delivered goes first.
+                _deliver_own(broker, pending, stop)
+                pending.clear()
+            task.timestamps.picked_up = time.time()
+            running.value = f"{task.task_id} {task.method}".encode()[: RUNNING_BYTES - 1]
+            if task.timeout is not None:
+                conn.send_bytes(
+                    TIMED + _note.encode((task.task_id, task.timeout, time.monotonic()))
+                )
+            for result in execute(task, methods.get(task.method), worker_id, own_process=True):
+                result.timestamps.result_queued = time.time()
                 if not result.complete:
-                    partial = True
-                    conn.send_bytes(encode_batch([result]))
+                    _deliver_own(broker, [result], stop)
                     continue
-                # Finished: from now on the pool does not kill this process for the task's
-                # timeout, however long the result takes to reach Redis.
-                finished.value += 1
-                if (
-                    direct is not None
-                    and not partial  # its partial results went through the pool: so does this
-                    and not wants_retry(result)
-                    and index == len(tasks) - 1
-                    and not conn.poll(0)
-                    and _deliver_directly(direct, result)
-                ):
-                    conn.send_bytes(DELIVERED + _note.encode((task.task_id, result.time_running)))
-                else:
-                    conn.send_bytes(encode_batch([result]))
+                running.value = b""  # finished: its timeout no longer applies
+                if not pending:
+                    since = time.monotonic()
+                pending.append(result)
+                if auto and result.time_running is not None:
+                    recent, capacity = _learn_pace(recent, result.time_running)
+            holding.value = len(tasks) - index - 1
+            if (
+                index == len(tasks) - 1
+                or len(pending) >= DRAIN_LIMIT
+                or time.monotonic() - since >= FLUSH_SECONDS
+            ):
+                _deliver_own(broker, pending, stop)
+                pending.clear()
+        holding.value = 0
 
 
-@dataclass
-class _Finished:
-    """A task a worker process finished and delivered itself."""
+def _deliver_own(broker: Any, results: list[Result], stop: threading.Event) -> None:
+    """Deliver a serving worker's results (requeue those that failed in a way their task
+    asked to retry). If Redis answers with errors past the pool's stop, the tasks stay in
+    this process's held list, and the pool hands them back once the process has ended."""
+    if not results:
+        return
+    retry = [r for r in results if wants_retry(r)]
+    deliver = [r for r in results if not wants_retry(r)]
 
-    task_id: str
-    time_running: float | None
+    def send() -> None:
+        for result in retry:
+            logger.info("task %s failed on attempt %d; retrying", result.task_id, result.attempt)
+            result.reset_for_retry()
+            broker.requeue(result, front=True)
+        retry.clear()
+        if deliver:
+            broker.put_results(deliver)
+
+    persist("delivering results", send, stop)
+
+
+def _learn_pace(recent: float | None, running: float) -> tuple[float, int]:
+    """The recent average running time, and the tasks a worker may hold with
+    ``prefetch="auto"`` at that pace."""
+    recent = running if recent is None else 0.8 * recent + 0.2 * running
+    if recent < AUTO_PREFETCH_BELOW:
+        ahead = int(AUTO_PREFETCH_SECONDS / recent) if recent > 0 else AUTO_PREFETCH
+        return recent, 1 + max(1, min(AUTO_PREFETCH, ahead))
+    return recent, 1
 
 
 @dataclass(eq=False)
@@ -605,7 +726,16 @@ class _Worker:
     alive: bool = True
     poller: Any = None  # select.poll on conn, made once: Connection.poll builds a selector
     finished: Any = None  # shared: tasks the process finished (its results may be on the way)
-    finals: int = 0  # final results (or notes of them) read from the process
+    finals: int = 0  # final results read from the process
+    # A serving worker (takes its own tasks from Redis):
+    consumer: str | None = None  # its client id in Redis
+    running: Any = None  # shared: "id method" of the task it runs, empty between tasks
+    holding: Any = None  # shared: how many tasks it holds
+    timed: tuple[str, float, float] | None = None  # (id, timeout, start) of its timed task
+
+    def running_task(self) -> str:
+        """Id of the task the serving worker runs now ('' if none)."""
+        return self.running.value.decode(errors="replace").partition(" ")[0]
 
     def finishing(self) -> bool:
         """Whether the first task in flight is finished and its result on its way."""
@@ -626,10 +756,10 @@ class _ProcessWorkers:
         self.broker = pool.queues.broker
         self.context = multiprocessing.get_context(pool.start_method)
         self.methods_blob = cloudpickle.dumps(pool.methods)
-        # A remote broker lets worker processes deliver results themselves (see _worker_main).
-        spec = getattr(self.broker, "direct_delivery", None)
-        self.direct_spec: dict[str, Any] | None = spec() if spec is not None else None
-        self.delivered_by_workers = 0  # results the worker processes delivered themselves
+        # On Redis, worker processes take their own tasks and deliver their own results
+        # (see _serving_main): no feeder, and no hop through this process per task.
+        self.serving = hasattr(self.broker, "process_spec")
+        self.spawned = itertools.count()
         self.lock = threading.Condition()
         self.workers: list[_Worker] = []
         self.stop_flag = _new_flag()
@@ -661,16 +791,28 @@ class _ProcessWorkers:
             if hasattr(self.broker, hooks):
                 getattr(self.broker, hooks).append(hook)
         self.collector.start()
-        self.feeder.start()
+        if self.serving:
+            # The serving workers' leases ride on this client's heartbeat.
+            self.broker.keep_alive("worker")
+        else:
+            self.feeder.start()
 
     def _describe(self) -> dict[str, Any]:
         with self.lock:
-            running = [
-                f"{w.inflight[0].task_id} {w.inflight[0].method}"
-                for w in self.workers
-                if w.alive and w.inflight
-            ]
-            held = sum(len(w.inflight) for w in self.workers)
+            if self.serving:
+                running = [
+                    w.running.value.decode(errors="replace")
+                    for w in self.workers
+                    if w.alive and w.running.value
+                ]
+                held = sum(w.holding.value for w in self.workers if w.alive)
+            else:
+                running = [
+                    f"{w.inflight[0].task_id} {w.inflight[0].method}"
+                    for w in self.workers
+                    if w.alive and w.inflight
+                ]
+                held = sum(len(w.inflight) for w in self.workers)
         return {
             "pools": [self.pool.name],
             "lanes": self.pool.lanes,
@@ -682,9 +824,18 @@ class _ProcessWorkers:
     def _cancel(self, task_ids: list[str]) -> None:
         """Stop tasks someone cancelled: kill the processes holding them."""
         wanted = set(task_ids)
+        holds: dict[int, set[str]] = {}
+        if self.serving:
+            with self.lock:
+                serving = [w for w in self.workers if w.alive]
+            # Called from the heartbeat: Redis was just reachable.
+            holds = {id(w): set(self.broker.held_ids(w.consumer)) for w in serving}
         with self.lock:
             for worker in self.workers:
-                hit = {t.task_id for t in worker.inflight} & wanted
+                if self.serving:
+                    hit = holds.get(id(worker), set()) & wanted
+                else:
+                    hit = {t.task_id for t in worker.inflight} & wanted
                 if worker.alive and hit and not hit <= worker.cancelled:
                     worker.cancelled |= hit
                     logger.warning(
@@ -698,17 +849,43 @@ class _ProcessWorkers:
         label = f"{self.pool.name}-w{index}"
         parent_conn, child_conn = self.context.Pipe(duplex=True)
         finished = self.context.Value("q", 0, lock=False)
-        process = self.context.Process(
-            target=_worker_main,
-            args=(child_conn, self.methods_blob, label, finished, self.direct_spec),
-            name=label,
-            daemon=True,
-        )
+        extra: dict[str, Any] = {}
+        if self.serving:
+            spec = self.broker.process_spec(f"{label}.{next(self.spawned)}")
+            extra = {
+                "consumer": spec["consumer"],
+                "running": self.context.Array("c", RUNNING_BYTES, lock=False),
+                "holding": self.context.Value("i", 0, lock=False),
+            }
+            # Its lease is renewed from the start: it beats once itself before taking.
+            self.broker.adopt(spec["consumer"])
+            target, args = (
+                _serving_main,
+                (
+                    child_conn,
+                    self.methods_blob,
+                    label,
+                    spec,
+                    self.pool.lanes,
+                    self.pool.prefetch,
+                    extra["running"],
+                    extra["holding"],
+                    logging.getLogger("steersman").getEffectiveLevel(),
+                ),
+            )
+        else:
+            target, args = _worker_main, (child_conn, self.methods_blob, label, finished)
+        process = self.context.Process(target=target, args=args, name=label, daemon=True)
         process.start()
         child_conn.close()
         worker_id = worker_id_for(label, process.pid)
         return _Worker(
-            index=index, process=process, conn=parent_conn, worker_id=worker_id, finished=finished
+            index=index,
+            process=process,
+            conn=parent_conn,
+            worker_id=worker_id,
+            finished=finished,
+            **extra,
         )
 
     def stop(self, timeout: float) -> None:
@@ -720,7 +897,8 @@ class _ProcessWorkers:
             with contextlib.suppress(AttributeError, ValueError):
                 getattr(self.broker, hooks).remove(hook)
         deadline = time.monotonic() + timeout
-        self.feeder.join(max(0.0, deadline - time.monotonic()))
+        if not self.serving:
+            self.feeder.join(max(0.0, deadline - time.monotonic()))
         with self.lock:
             workers = [w for w in self.workers if w.alive]
         if self.feeder.is_alive():
@@ -748,7 +926,8 @@ class _ProcessWorkers:
             self.abandon.set()
             self._wake()
             self.collector.join(STOP_WAIT_FOR_BROKER)
-            self.feeder.join(STOP_WAIT_FOR_BROKER)
+            if self.feeder.ident is not None:
+                self.feeder.join(STOP_WAIT_FOR_BROKER)
         if self.collector.is_alive() or self.feeder.is_alive():
             logger.error("%s: threads still waiting for the broker; leaving them", self.pool.name)
             return  # they may still use the wake pipe and the workers' connections
@@ -763,7 +942,7 @@ class _ProcessWorkers:
 
     def idle_seconds(self) -> float | None:
         with self.lock:
-            if any(w.inflight for w in self.workers):
+            if any(w.inflight or (w.holding is not None and w.holding.value) for w in self.workers):
                 self.idle_since = None
                 return None
             if self.idle_since is None:
@@ -922,6 +1101,11 @@ class _ProcessWorkers:
             selector.close()
 
     def _next_deadline(self, live: list[_Worker]) -> float | None:
+        if self.serving:
+            return min(
+                (w.timed[2] + w.timed[1] for w in live if w.timed and w.timed_out is None),
+                default=None,
+            )
         deadlines = [
             w.head_since + w.inflight[0].timeout
             for w in live
@@ -934,6 +1118,9 @@ class _ProcessWorkers:
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
+        if self.serving:
+            self._enforce_served_timeouts(now)
+            return
         with self.lock:
             for worker in self.workers:
                 if (
@@ -955,6 +1142,26 @@ class _ProcessWorkers:
                     )
                     _kill(worker)
 
+    def _enforce_served_timeouts(self, now: float) -> None:
+        with self.lock:
+            for worker in self.workers:
+                if not worker.alive or worker.timed is None or worker.timed_out is not None:
+                    continue
+                task_id, timeout, started = worker.timed
+                if now < started + timeout:
+                    continue
+                worker.timed = None
+                if worker.running_task() != task_id:
+                    continue  # it finished in time
+                worker.timed_out = task_id
+                logger.warning(
+                    "task %s exceeded its timeout of %g s; killing worker %s",
+                    task_id,
+                    timeout,
+                    worker.worker_id,
+                )
+                _kill(worker)
+
     def _drain(self, worker: _Worker, limit: int | None = DRAIN_LIMIT) -> None:
         """Read what the worker has written: at most ``limit`` messages, so one chatty
         worker cannot keep the collector from deaths, deadlines and other workers."""
@@ -965,11 +1172,13 @@ class _ProcessWorkers:
             if gathered:
                 self._settle(gathered)
 
-    def _settle(self, results: list[Result]) -> None:
-        persist("delivering results", lambda: settle(self.pool.queues, results), self.abandon)
+    def _settle(self, results: list[Result], holder: str | None = None) -> None:
+        persist(
+            "delivering results", lambda: settle(self.pool.queues, results, holder), self.abandon
+        )
 
     def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
-        finished: list[Result | _Finished] = []
+        finished: list[Result] = []
         try:
             for _ in itertools.count() if limit is None else range(limit):
                 try:
@@ -983,12 +1192,22 @@ class _ProcessWorkers:
                         worker.ready = True
                         self.lock.notify_all()
                     continue
-                if data[:1] == DELIVERED:
-                    task_id, running = _note_decoder.decode(data[1:])
-                    self.broker.settled_elsewhere([task_id])
-                    self.delivered_by_workers += 1
-                    worker.finals += 1
-                    finished.append(_Finished(task_id, running))
+                if data[:1] == LOGGED:
+                    try:
+                        level, name, message = _record_decoder.decode(data[1:])
+                    except msgspec.DecodeError as error:
+                        logger.error("worker %s sent a garbled note: %s", worker.worker_id, error)
+                        continue
+                    logging.getLogger(name).log(level, "%s (%s)", message, worker.worker_id)
+                    continue
+                if data[:1] == TIMED:
+                    try:
+                        note = _note_decoder.decode(data[1:])
+                    except msgspec.DecodeError as error:
+                        logger.error("worker %s sent a garbled note: %s", worker.worker_id, error)
+                        continue
+                    with self.lock:
+                        worker.timed = note
                     continue
                 try:
                     results = decode_batch(data)
@@ -1006,7 +1225,7 @@ class _ProcessWorkers:
         finally:
             self._release(worker, finished)
 
-    def _release(self, worker: _Worker, finished: list[Result | _Finished]) -> None:
+    def _release(self, worker: _Worker, finished: list[Result]) -> None:
         """Free the slots of finished tasks, in one locked step for a whole drained batch."""
         if not finished:
             return
@@ -1019,18 +1238,11 @@ class _ProcessWorkers:
             self.lock.notify_all()
         finished.clear()
 
-    def _learn_running_time(self, result: Result | _Finished) -> None:
-        running = result.time_running
-        if running is None:
-            return
-        recent = self.recent_running
-        recent = running if recent is None else 0.8 * recent + 0.2 * running
-        self.recent_running = recent
-        if recent < AUTO_PREFETCH_BELOW:
-            ahead = int(AUTO_PREFETCH_SECONDS / recent) if recent > 0 else AUTO_PREFETCH
-            self.capacity = 1 + max(1, min(AUTO_PREFETCH, ahead))
-        else:
-            self.capacity = 1
+    def _learn_running_time(self, result: Result) -> None:
+        if result.time_running is not None:
+            self.recent_running, self.capacity = _learn_pace(
+                self.recent_running, result.time_running
+            )
 
     @staticmethod
     def _remove_inflight(worker: _Worker, task_id: str) -> None:
@@ -1078,12 +1290,18 @@ class _ProcessWorkers:
                     self.lock.notify_all()
         else:
             self.boot_failures = 0
+        holder = worker.consumer
+        running: Result | None = None
+        if self.serving:
+            held, running = self._served_held(worker)
+        elif held:
+            running = held[0]
         if held:
-            running, unstarted = held[0], held[1:]
+            unstarted = [t for t in held if t is not running]
             cancelled = [t for t in held if t.task_id in worker.cancelled]
             for task in reversed(unstarted):
                 if task.task_id not in worker.cancelled:
-                    self._hand_back(task)
+                    self._hand_back(task, holder)
             if cancelled:
                 for task in cancelled:
                     task.finish_failed(
@@ -1093,10 +1311,10 @@ class _ProcessWorkers:
                     )
                 persist(
                     "delivering cancelled results",
-                    lambda: self.broker.put_results(cancelled),
+                    lambda: settle(self.pool.queues, cancelled, holder),
                     self.abandon,
                 )
-            if running.task_id in worker.cancelled:
+            if running is None or running.task_id in worker.cancelled:
                 pass
             elif (worker.cancelled or worker.timed_out is not None) and (
                 running.task_id != worker.timed_out
@@ -1104,11 +1322,14 @@ class _ProcessWorkers:
                 # Stopped for another task, not this one: to cancel a task it held ahead, or
                 # for a task past its timeout that finished just before the kill. Not the
                 # running task's fault: it goes back untouched.
-                self._hand_back(running)
+                self._hand_back(running, holder)
             else:
                 self._settle_lost(worker, running, how)
         elif replace:
             logger.warning("worker %s died (%s) while idle", worker.worker_id, how)
+        if holder is not None:
+            # What it held is settled (or, with Redis away past the stop, left to its lease).
+            self.broker.retire(holder)
         if replace:
             fresh = self._spawn(worker.index)
             with self.lock:
@@ -1130,11 +1351,11 @@ class _ProcessWorkers:
             task.complete = True
             task.set_failure(timeout_failure(task.timeout or 0.0, killed=True))
             task.timestamps.result_queued = time.time()
-            self._settle([task])
+            self._settle([task], worker.consumer)
             return
         if self.stopping:
             # Not the task's fault: hand it back untouched for whoever serves the queue next.
-            self._hand_back(task)
+            self._hand_back(task, worker.consumer)
             return
         if task.attempt <= task.max_retries:
             logger.warning(
@@ -1146,7 +1367,7 @@ class _ProcessWorkers:
                 task.attempt,
             )
             task.reset_for_retry()
-            self._hand_back(task)
+            self._hand_back(task, worker.consumer)
             return
         logger.error(
             "worker %s died (%s) running task %s (%s); no retries left",
@@ -1157,7 +1378,26 @@ class _ProcessWorkers:
         )
         task.worker = info
         task.fail_as_lost(f"the worker process running this task died ({how})", task.attempt)
-        self._settle([task])
+        self._settle([task], worker.consumer)
 
-    def _hand_back(self, task: Result) -> None:
-        persist("handing a task back", lambda: self.broker.requeue(task, front=True), self.abandon)
+    def _served_held(self, worker: _Worker) -> tuple[list[Result], Result | None]:
+        """What an ended serving worker held, from its held list in Redis, and which of it
+        was running (None if it was between tasks). Nothing if Redis stayed away past the
+        pool's stop: its lease then hands it on."""
+        tasks = persist(
+            "reading the tasks of an ended worker",
+            lambda: self.broker.held_tasks(worker.consumer),
+            self.abandon,
+        )
+        if not tasks:
+            return [], None
+        running_id = worker.running_task()
+        running = next((t for t in tasks if t.task_id == running_id), None)
+        return tasks, running
+
+    def _hand_back(self, task: Result, holder: str | None = None) -> None:
+        persist(
+            "handing a task back",
+            lambda: self.broker.requeue(task, front=True, **_held_by(holder)),
+            self.abandon,
+        )
