@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import methods
-from conftest import wait_until
+from conftest import free_port, wait_until
 from steersman import (
     ConfigurationError,
     Queues,
@@ -1297,3 +1297,55 @@ def test_a_worker_process_reaped_while_it_lives_takes_nothing_until_its_lease_is
     assert queues.get_result(timeout=10).value == 2
     for b in (process, client):
         b.close()
+
+
+def test_a_result_does_not_wait_behind_the_next_prefetched_task(redis_server, tmp_path):
+    # A worker process holds a quick task and a slow one: the quick one's Result arrives
+    # while the slow one runs, and a crash during the slow one does not run the quick again.
+    import os
+    import signal
+
+    client = broker(redis_server)
+    queues = Queues(methods=["logged_sleep", "wait_for_file"], broker=client)
+    runs, gate, started = tmp_path / "runs", tmp_path / "gate", tmp_path / "gate.started"
+    quick = queues.send_inputs(0, "quick", str(runs), method="logged_sleep")
+    slow = queues.send_inputs(str(gate), 120, method="wait_for_file")
+    # Started after both were queued: its process takes both at once.
+    with WorkerPool(
+        queues, [methods.logged_sleep, methods.wait_for_file], workers=1, prefetch=1
+    ) as pool:
+        first = queues.get_result(timeout=30)
+        assert first.task_id == quick and first.value == "quick"
+        wait_until(started.exists, 30, "the slow task to start")
+        started.unlink()
+        [pid] = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(started.exists, 30, "the slow task to start again")
+        gate.touch()
+        second = queues.get_result(timeout=60)
+    assert second.task_id == slow and second.attempt == 2
+    assert len(runs.read_text().splitlines()) == 1  # the quick task ran once
+    client.close()
+
+
+def test_a_retry_sent_again_after_an_error_raises_its_attempt_once(own_redis):
+    # Redis refuses writes (a replica now, e.g. after a failover): handing a failed task
+    # back for its retry fails, and is tried again. Its attempt goes up once, not per try.
+    from steersman.workers.pool import Settlement
+
+    client = broker(own_redis)
+    queues = Queues(methods=["fail"], broker=client)
+    queues.send_inputs("once", method="fail", retry_on_exception=True, max_retries=5)
+    [task] = client.get_tasks(["default"], 1, timeout=10)
+    task.finish_failed("exception", "ValueError", "once")
+    settlement = Settlement([task])
+    raw = redis.Redis.from_url(own_redis.url)
+    raw.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    for _ in range(3):
+        with pytest.raises(redis.ResponseError, match="read only replica"):
+            settlement.send(client)
+    raw.execute_command("REPLICAOF", "NO", "ONE")
+    settlement.send(client)
+    [again] = client.get_tasks(["default"], 1, timeout=10)
+    assert again.task_id == task.task_id and again.attempt == 2
+    client.close()

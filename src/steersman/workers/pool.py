@@ -81,16 +81,6 @@ def _method_table(methods: Mapping[str, Callable[..., Any]] | Iterable[Callable[
     return table
 
 
-def retry_or_deliver(queues: Queues, result: Result) -> None:
-    """Deliver a final result, unless it failed in a way the task asked to retry."""
-    settle(queues, [result])
-
-
-def settle_partial(queues: Queues, result: Result) -> None:
-    """Pass on a partial result (a generator's yield) as it is."""
-    queues.broker.put_result(result)
-
-
 def wants_retry(result: Result) -> bool:
     """Whether a result is a failure its task asked to be run again after."""
     failure = result.failure
@@ -109,26 +99,39 @@ def _held_by(holder: str | None) -> dict[str, str]:
     return {} if holder is None else {"holder": holder}
 
 
-def settle(queues: Queues, results: list[Result], holder: str | None = None) -> None:
-    """Deliver results in one call to the broker; requeue those that failed in a way their
-    task asked to retry. ``holder`` names the serving worker process that held their tasks."""
-    deliver = []
-    for result in results:
-        failure = result.failure
-        if wants_retry(result):
-            logger.info(
-                "task %s (%s) failed on attempt %d (%s); retrying",
-                result.task_id,
-                result.method,
-                result.attempt,
-                failure,
-            )
-            result.reset_for_retry()
-            queues.broker.requeue(result, front=True, **_held_by(holder))
-        else:
-            deliver.append(result)
-    if deliver:
-        queues.broker.put_results(deliver, **_held_by(holder))
+class Settlement:
+    """Final results to deliver, and those that failed in a way their task asked to retry
+    (their attempt raised here, once), sent by :meth:`send`; a partial result (a generator's
+    yield) passes as it is. ``send`` may be called again after it failed (under
+    :func:`persist`): what went out already is not sent twice, and no attempt is raised
+    twice."""
+
+    def __init__(self, results: Iterable[Result], holder: str | None = None) -> None:
+        self.holder = holder  # the serving worker process that held their tasks
+        self.retry: list[Result] = []
+        self.deliver: list[Result] = []
+        for result in results:
+            if wants_retry(result):
+                logger.info(
+                    "task %s (%s) failed on attempt %d (%s); retrying",
+                    result.task_id,
+                    result.method,
+                    result.attempt,
+                    result.failure,
+                )
+                result.reset_for_retry()
+                self.retry.append(result)
+            else:
+                self.deliver.append(result)
+
+    def send(self, broker: Any) -> None:
+        held = _held_by(self.holder)
+        while self.retry:
+            broker.requeue(self.retry[0], front=True, **held)
+            self.retry.pop(0)
+        if self.deliver:
+            broker.put_results(self.deliver, **held)
+            self.deliver = []
 
 
 STOP_WAIT_FOR_BROKER = 5.0
@@ -357,11 +360,10 @@ class _ThreadWorkers:
                             "cancelled on request; a thread worker cannot stop a running "
                             "task, so it ran to the end and its outcome was dropped",
                         )
-                # A final result may be retried; a partial one is passed on as it is.
-                deliver = retry_or_deliver if result.complete else settle_partial
+                settlement = Settlement([result])
                 persist(
                     "delivering a result",
-                    lambda r=result, send=deliver: send(pool.queues, r),
+                    lambda s=settlement: s.send(broker),
                     self.abandon,
                 )
 
@@ -556,28 +558,38 @@ _note_decoder = msgspec.msgpack.Decoder(tuple[str, float, float])
 _record_decoder = msgspec.msgpack.Decoder(tuple[int, str, str])
 
 
+class _Pipe:
+    """A worker process's end of its pipe, written by more than one thread (its tasks, its
+    log records, its outbox): one message at a time."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(data)
+
+
 class _ToPool(logging.Handler):
     """Pass a worker process's log records to its pool over the pipe."""
 
-    def __init__(self, conn: multiprocessing.connection.Connection, level: int) -> None:
+    def __init__(self, pipe: _Pipe, level: int) -> None:
         super().__init__(level)
-        self.conn = conn
+        self.pipe = pipe
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.conn.send_bytes(LOGGED + _note.encode((record.levelno, record.name, message)))
+            self.pipe.send(LOGGED + _note.encode((record.levelno, record.name, message)))
         except Exception:  # the pool is gone: nobody to tell
             self.handleError(record)
 
 
 RUNNING_BYTES = 512
 """Room for the id and method of the task a serving worker runs, shared with its pool."""
-FLUSH_SECONDS = 0.02
-"""A serving worker running a batch of short tasks delivers their results at least this
-often, and at the end of the batch."""
 
 
 def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any) -> None:
@@ -586,6 +598,47 @@ def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any) -> No
     with contextlib.suppress(EOFError, OSError):
         conn.recv_bytes()
     stop.set()
+
+
+class _Outbox:
+    """Results a serving worker delivers from a thread of their own, so that none waits
+    behind the next task: while one delivery is on its way the next results gather, and go
+    in one call (tiny tasks are delivered many at a time, a lone one at once)."""
+
+    def __init__(self, broker: Any, stop: threading.Event) -> None:
+        self.broker = broker
+        self.stop = stop
+        self.cond = threading.Condition()
+        self.waiting: list[Result] = []
+        self.sending = False
+        threading.Thread(target=self._run, name="steersman-outbox", daemon=True).start()
+
+    def put(self, result: Result) -> None:
+        with self.cond:
+            self.waiting.append(result)
+            self.cond.notify_all()
+
+    def drain(self) -> None:
+        """Return once everything put so far is delivered (or given up as the pool stops:
+        its tasks stay in this process's held list, for the pool to hand back)."""
+        with self.cond:
+            while self.waiting or self.sending:
+                self.cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.waiting:
+                    self.cond.wait()
+                batch, self.waiting = self.waiting, []
+                self.sending = True
+            try:
+                settlement = Settlement(batch)
+                persist("delivering results", lambda s=settlement: s.send(self.broker), self.stop)
+            finally:
+                with self.cond:
+                    self.sending = False
+                    self.cond.notify_all()
 
 
 def _serving_main(
@@ -597,17 +650,18 @@ def _serving_main(
     prefetch: int | str,
     running: Any,
     holding: Any,
+    started: Any,
     log_level: int = logging.WARNING,
 ):
     """Entry point of a worker process that takes its own tasks from Redis and delivers
     their results itself, as a client of its own whose lease its pool renews.
 
     The pool learns what it needs without a message per task: ``running`` (shared) holds the
-    id and method of the task running now, ``holding`` how many tasks this process holds;
-    a task with a timeout is announced on the pipe, so the pool can kill the process when
-    it runs over. Whatever this process holds when it dies, the pool finds in its held list
-    in Redis. Told to stop, it finishes the task it runs and hands back those it has not
-    started.
+    id and method of the task running now, ``holding`` how many tasks this process holds,
+    ``started`` when the running task started; a task with a timeout is announced on the
+    pipe, so the pool can kill the process when it runs over. Whatever this process holds
+    when it dies, the pool finds in its held list in Redis. Told to stop, it finishes the
+    task it runs and hands back those it has not started.
     """
     from steersman.brokers.redis import RedisBroker
     from steersman.flag import Flag
@@ -616,18 +670,20 @@ def _serving_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     _own_group()
+    pipe = _Pipe(conn)
     root = logging.getLogger()
-    root.handlers = [_ToPool(conn, log_level)]
+    root.handlers = [_ToPool(pipe, log_level)]
     root.setLevel(log_level)
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     broker = RedisBroker.for_worker_process(spec)
     stop = Flag()
     threading.Thread(target=_wait_for_stop, args=(conn, stop), daemon=True).start()
+    outbox = _Outbox(broker, stop)
     auto = prefetch == "auto"
     capacity = 1 if auto else 1 + int(prefetch)
     recent: float | None = None
-    conn.send_bytes(b"ready")
+    pipe.send(b"ready")
     while not stop.is_set():
         try:
             tasks = broker.get_tasks(lanes, capacity, stop=stop)
@@ -636,12 +692,9 @@ def _serving_main(
             stop.wait(1.0)
             continue
         holding.value = len(tasks)
-        pending: list[Result] = []
-        since = 0.0
         for index, task in enumerate(tasks):
             if stop.is_set():
-                _deliver_own(broker, pending, stop)
-                pending.clear()
+                outbox.drain()
                 for unstarted in reversed(tasks[index:]):
                     persist(
                         "handing a task back",
@@ -650,56 +703,38 @@ def _serving_main(
                     )
                 break
             if task.timeout is not None:
-                # Its process may be killed: what waits to be delivered goes first.
-                _deliver_own(broker, pending, stop)
-                pending.clear()
+                # Its process may be killed: the results on their way arrive first.
+                outbox.drain()
             task.timestamps.picked_up = time.time()
             running.value = f"{task.task_id} {task.method}".encode()[: RUNNING_BYTES - 1]
+            started.value = time.monotonic()
             if task.timeout is not None:
-                conn.send_bytes(
-                    TIMED + _note.encode((task.task_id, task.timeout, time.monotonic()))
-                )
+                pipe.send(TIMED + _note.encode((task.task_id, task.timeout, started.value)))
+            partial = False
             for result in execute(task, methods.get(task.method), worker_id, own_process=True):
                 result.timestamps.result_queued = time.time()
                 if not result.complete:
-                    _deliver_own(broker, [result], stop)
+                    partial = True
+                    outbox.put(result)
                     continue
                 running.value = b""  # finished: its timeout no longer applies
-                if not pending:
-                    since = time.monotonic()
-                pending.append(result)
                 if auto and result.time_running is not None:
                     recent, capacity = _learn_pace(recent, result.time_running)
+                if index < len(tasks) - 1:
+                    outbox.put(result)  # delivered while the next task runs
+                else:
+                    # Nothing to run next: delivered from here (no hand-over to a thread),
+                    # after what is on its way (this task's partial results among it).
+                    outbox.drain()
+                    settlement = Settlement([result])
+                    persist("delivering a result", lambda s=settlement: s.send(broker), stop)
+            if partial:
+                # Not started again with its partial results out: should this process die
+                # now, the task would stream them again under the same attempt.
+                outbox.drain()
             holding.value = len(tasks) - index - 1
-            if (
-                index == len(tasks) - 1
-                or len(pending) >= DRAIN_LIMIT
-                or time.monotonic() - since >= FLUSH_SECONDS
-            ):
-                _deliver_own(broker, pending, stop)
-                pending.clear()
-        holding.value = 0
-
-
-def _deliver_own(broker: Any, results: list[Result], stop: threading.Event) -> None:
-    """Deliver a serving worker's results (requeue those that failed in a way their task
-    asked to retry). If Redis answers with errors past the pool's stop, the tasks stay in
-    this process's held list, and the pool hands them back once the process has ended."""
-    if not results:
-        return
-    retry = [r for r in results if wants_retry(r)]
-    deliver = [r for r in results if not wants_retry(r)]
-
-    def send() -> None:
-        for result in retry:
-            logger.info("task %s failed on attempt %d; retrying", result.task_id, result.attempt)
-            result.reset_for_retry()
-            broker.requeue(result, front=True)
-        retry.clear()
-        if deliver:
-            broker.put_results(deliver)
-
-    persist("delivering results", send, stop)
+    outbox.drain()
+    holding.value = 0
 
 
 def _learn_pace(recent: float | None, running: float) -> tuple[float, int]:
@@ -731,6 +766,7 @@ class _Worker:
     consumer: str | None = None  # its client id in Redis
     running: Any = None  # shared: "id method" of the task it runs, empty between tasks
     holding: Any = None  # shared: how many tasks it holds
+    started: Any = None  # shared: when (monotonic) the task it runs started
     timed: tuple[str, float, float] | None = None  # (id, timeout, start) of its timed task
 
     def running_task(self) -> str:
@@ -856,6 +892,7 @@ class _ProcessWorkers:
                 "consumer": spec["consumer"],
                 "running": self.context.Array("c", RUNNING_BYTES, lock=False),
                 "holding": self.context.Value("i", 0, lock=False),
+                "started": self.context.Value("d", 0.0, lock=False),
             }
             # Its lease is renewed from the start: it beats once itself before taking.
             self.broker.adopt(spec["consumer"])
@@ -870,14 +907,21 @@ class _ProcessWorkers:
                     self.pool.prefetch,
                     extra["running"],
                     extra["holding"],
+                    extra["started"],
                     logging.getLogger("steersman").getEffectiveLevel(),
                 ),
             )
         else:
             target, args = _worker_main, (child_conn, self.methods_blob, label, finished)
         process = self.context.Process(target=target, args=args, name=label, daemon=True)
-        process.start()
-        child_conn.close()
+        try:
+            process.start()
+        except BaseException:
+            if extra:
+                self.broker.retire(extra["consumer"])
+            raise
+        finally:
+            child_conn.close()
         worker_id = worker_id_for(label, process.pid)
         return _Worker(
             index=index,
@@ -1151,8 +1195,8 @@ class _ProcessWorkers:
                 if now < started + timeout:
                     continue
                 worker.timed = None
-                if worker.running_task() != task_id:
-                    continue  # it finished in time
+                if worker.running_task() != task_id or worker.started.value != started:
+                    continue  # it finished in time (a run of it now is another run)
                 worker.timed_out = task_id
                 logger.warning(
                     "task %s exceeded its timeout of %g s; killing worker %s",
@@ -1173,9 +1217,8 @@ class _ProcessWorkers:
                 self._settle(gathered)
 
     def _settle(self, results: list[Result], holder: str | None = None) -> None:
-        persist(
-            "delivering results", lambda: settle(self.pool.queues, results, holder), self.abandon
-        )
+        settlement = Settlement(results, holder)
+        persist("delivering results", lambda: settlement.send(self.broker), self.abandon)
 
     def _read_results(self, worker: _Worker, limit: int | None, gathered: list[Result]) -> None:
         finished: list[Result] = []
@@ -1309,9 +1352,10 @@ class _ProcessWorkers:
                         "Cancelled",
                         f"cancelled on request; worker {worker.worker_id} stopped",
                     )
+                settlement = Settlement(cancelled, holder)
                 persist(
                     "delivering cancelled results",
-                    lambda: settle(self.pool.queues, cancelled, holder),
+                    lambda: settlement.send(self.broker),
                     self.abandon,
                 )
             if running is None or running.task_id in worker.cancelled:
@@ -1341,6 +1385,8 @@ class _ProcessWorkers:
             fresh.process.kill()
             fresh.process.join()
             fresh.conn.close()
+            if fresh.consumer is not None:
+                self.broker.retire(fresh.consumer)
 
     def _settle_lost(self, worker: _Worker, task: Result, how: str) -> None:
         info = WorkerInfo(
