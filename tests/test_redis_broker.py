@@ -1286,8 +1286,11 @@ def test_a_worker_process_reaped_while_it_lives_takes_nothing_until_its_lease_is
     assert process.get_tasks(["default"], 1, timeout=0.3) == []  # the take script refuses
     assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
     process._seen_empty = lane  # the next take waits with BLMOVE, which moves the task
+    raw.delete(f"{ns}:bell:default")
     assert process.get_tasks(["default"], 1, timeout=0.3) == []  # and hands it back
     assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
+    assert raw.llen(f"{ns}:bell:default") >= 1  # ringing for workers of several lanes
+    assert raw.ttl(f"{ns}:bell:default") > 0
     client.adopt(process.consumer)  # its lease is renewed again
     client.keep_alive("worker")
     [task] = process.get_tasks(["default"], 1, timeout=10)

@@ -219,9 +219,10 @@ return out
 """
 
 _TAKEN = """
--- ARGV: ns, consumer, lane. Sent in the same round trip right after this consumer's BLMOVE
--- from the lane into its held list: reads what that moved (the last id held), so a worker
--- woken by a task has it whole without asking again. Also says how many wait in the lane.
+-- ARGV: ns, consumer, lane, ttl. Sent in the same round trip right after this consumer's
+-- BLMOVE from the lane into its held list: reads what that moved (the last id held), so a
+-- worker woken by a task has it whole without asking again. Also says how many wait in
+-- the lane.
 local ns = ARGV[1]
 local held = ns .. ':held:' .. ARGV[2]
 if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
@@ -231,7 +232,14 @@ if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
     local id = redis.call('RPOP', held)
     if not id then break end
     local lane = redis.call('HGET', ns .. ':laneof', id)
-    if lane then redis.call('LPUSH', ns .. ':lane:' .. lane, id) end
+    if lane then
+      redis.call('LPUSH', ns .. ':lane:' .. lane, id)
+      -- wakes a worker of several lanes, waiting on the queue's bell (as a hand-back does)
+      local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
+      redis.call('RPUSH', bell, '1')
+      redis.call('LTRIM', bell, -64, -1)
+      redis.call('EXPIRE', bell, ARGV[4])
+    end
   end
   return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
 end
@@ -838,11 +846,7 @@ class RedisBroker:
         broker.key = spec["hmac_key"]
         broker.role = "worker"
         broker._beats_elsewhere = True
-        lease_ms = int(broker.lease_seconds * 1000)
-        broker._call(
-            "heartbeat",
-            lambda: broker._scripts["beat"](keys=[], args=[broker.namespace, consumer, lease_ms]),
-        )
+        broker._call("heartbeat", broker._renew, [consumer])
         return broker
 
     def adopt(self, consumer: str) -> None:
@@ -1262,16 +1266,20 @@ class RedisBroker:
                         info[name] = value
             except Exception as error:  # status is best effort; the lease is not
                 logger.debug("describing a pool failed: %s", error)
-        lease_ms = int(self.lease_seconds * 1000)
         with self._adopted_lock:
             adopted = list(self._adopted)
-        for consumer in [self.consumer, *adopted]:
-            self._scripts["beat"](keys=[], args=[self.namespace, consumer, lease_ms])
+        self._renew([self.consumer, *adopted])
         info_key = self._k("info", self.consumer)
         pipe = self.redis.pipeline()
         pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
-        pipe.pexpire(info_key, 3 * lease_ms)
+        pipe.pexpire(info_key, int(3 * self.lease_seconds * 1000))
         pipe.execute()
+
+    def _renew(self, consumers: list[str]) -> None:
+        """Renew the leases of ``consumers`` (see the beat script)."""
+        lease_ms = int(self.lease_seconds * 1000)
+        for consumer in consumers:
+            self._scripts["beat"](keys=[], args=[self.namespace, consumer, lease_ms])
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
@@ -1476,7 +1484,15 @@ class RedisBroker:
                 stop,
                 [
                     ("BLMOVE", single, held, "LEFT", "RIGHT", block),
-                    ("EVALSHA", taken.sha, 0, self.namespace, self.consumer, lanes[0]),
+                    (
+                        "EVALSHA",
+                        taken.sha,
+                        0,
+                        self.namespace,
+                        self.consumer,
+                        lanes[0],
+                        self.ttl_seconds,
+                    ),
                 ],
                 True,
                 give_up=stop,
@@ -1514,7 +1530,7 @@ class RedisBroker:
                 "read task",
                 self._scripts["taken"],
                 keys=[],
-                args=[self.namespace, self.consumer, lane],
+                args=[self.namespace, self.consumer, lane, self.ttl_seconds],
                 give_up=stop,
             )
         except redis.ResponseError as error:
