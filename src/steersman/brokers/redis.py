@@ -218,6 +218,22 @@ end
 return out
 """
 
+_BACK_TO_LANE = """
+-- Put a held id back at the front of its lane and ring its queue's bell (which wakes a
+-- worker of several lanes); returns its lane, or nil if the task is gone. Prepended to the
+-- scripts that use it.
+local function back_to_lane(ns, id, ttl)
+  local lane = redis.call('HGET', ns .. ':laneof', id)
+  if not lane then return nil end
+  redis.call('LPUSH', ns .. ':lane:' .. lane, id)
+  local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
+  redis.call('RPUSH', bell, '1')
+  redis.call('LTRIM', bell, -64, -1)
+  redis.call('EXPIRE', bell, ttl)
+  return lane
+end
+"""
+
 _TAKEN = """
 -- ARGV: ns, consumer, lane, ttl. Sent in the same round trip right after this consumer's
 -- BLMOVE from the lane into its held list: reads what that moved (the last id held), so a
@@ -231,15 +247,7 @@ if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
   while true do
     local id = redis.call('RPOP', held)
     if not id then break end
-    local lane = redis.call('HGET', ns .. ':laneof', id)
-    if lane then
-      redis.call('LPUSH', ns .. ':lane:' .. lane, id)
-      -- wakes a worker of several lanes, waiting on the queue's bell (as a hand-back does)
-      local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
-      redis.call('RPUSH', bell, '1')
-      redis.call('LTRIM', bell, -64, -1)
-      redis.call('EXPIRE', bell, ARGV[4])
-    end
+    back_to_lane(ns, id, ARGV[4])
   end
   return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
 end
@@ -391,14 +399,8 @@ for _, c in ipairs(redis.call('SMEMBERS', ns .. ':consumers')) do
     while true do
       local id = redis.call('RPOP', held)
       if not id then break end
-      local lane = redis.call('HGET', ns .. ':laneof', id)
-      if lane then
-        redis.call('LPUSH', ns .. ':lane:' .. lane, id)
+      if back_to_lane(ns, id, ttl) then
         redis.call('HINCRBY', ns .. ':lost', id, 1)
-        local bell = ns .. ':bell:' .. string.match(lane, '^([^:]+)')
-        redis.call('RPUSH', bell, '1')
-        redis.call('LTRIM', bell, -64, -1)
-        redis.call('EXPIRE', bell, ttl)
         moved = moved + 1
       end
     end
@@ -799,10 +801,10 @@ class RedisBroker:
         scripts = {
             "submit": _SUBMIT,
             "take": _TAKE,
-            "taken": _TAKEN,
+            "taken": _BACK_TO_LANE + _TAKEN,
             "deliver": _DELIVER,
             "requeue": _REQUEUE,
-            "reap": _REAP,
+            "reap": _BACK_TO_LANE + _REAP,
             "beat": _BEAT,
             "take_results": _TAKE_RESULTS,
             "received": _RECEIVED,
