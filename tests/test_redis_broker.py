@@ -1004,6 +1004,65 @@ def test_a_submission_leaves_the_wait_for_its_result_in_place(redis_server):
         b.close()
 
 
+def _results_waiting(server, client, queues, worker):
+    """Leave the client with a result of its topic waiting in Redis, unfetched, after one it
+    was handed (so its next fetch is not a wait): a raw connection and the topic's key."""
+    raw = redis.Redis.from_url(server.url)
+    results = f"{client.namespace}:result:default"
+    first = queues.send_inputs(1, 1, method="add")  # its wait goes along
+    second = queues.send_inputs(2, 2, method="add")
+    tasks = worker.get_tasks(["default"], 2, timeout=5)
+    for task in tasks:
+        task.set_value(sum(task.args))
+        task.complete = True
+    worker.put_results(tasks)  # in one delivery: the wait takes one, one stays
+    wait_until(lambda: raw.llen(results) == 1, 5, "the second result delivered")
+    result = queues.get_result(timeout=5)
+    assert (result.task_id, result.value) == (first, 2)
+    assert not client._readers["default"].drained  # the wait saw one more waiting
+    return raw, results, second
+
+
+def test_a_submission_brings_back_the_results_waiting_for_its_client(redis_server):
+    # A thinker that submits a task for each result it gets, several in flight: the fetch
+    # of the results waiting goes with the submission (their writes share its disk sync),
+    # and the next get_result has them in hand.
+    client, queues, worker = _reading_client(redis_server)
+    raw, results, second = _results_waiting(redis_server, client, queues, worker)
+    third = queues.send_inputs(3, 3, method="add")
+    assert raw.llen(results) == 0, "the waiting result was not fetched with the submission"
+    assert list(client._buffers["default"]) != []
+    result = queues.get_result(timeout=5)
+    assert (result.task_id, result.value) == (second, 4)
+    serve_one(worker)
+    result = queues.get_result(timeout=5)
+    assert (result.task_id, result.value) == (third, 6)
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+
+
+def test_results_fetched_with_a_submission_after_a_redis_restart_come_once(own_redis):
+    # Redis restarted: neither script is loaded. The submission goes again on its own, and
+    # the results come once, none lost.
+    client, queues, worker = _reading_client(own_redis)
+    raw, _, second = _results_waiting(own_redis, client, queues, worker)
+    raw.script_flush()
+    third = queues.send_inputs(3, 3, method="add")
+    serve_one(worker)
+    got = {}
+    for _ in range(2):
+        result = queues.get_result(timeout=5)
+        got[result.task_id] = result.value
+    assert got == {second: 4, third: 6}
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    assert raw.hlen(f"{client.namespace}:task") == 0  # the task was queued once
+    for b in (client, worker):
+        b.close()
+
+
 def test_a_wait_ahead_outlives_a_get_result_that_timed_out(redis_server):
     client, queues, worker = _reading_client(redis_server)
     queues.send_inputs(2, 3, method="add")

@@ -1143,16 +1143,20 @@ class RedisBroker:
         return out
 
     def _submit_waiting(self, tasks: Sequence[Result], packed: bytes) -> list[Any] | None:
-        """Submit ``tasks`` and, in the same round trip, start the wait for the next result of
-        their topic, if this client would wait for it now (it has read that topic before,
-        emptied it, and handed out all it took). Returns the submit script's reply, or None
-        if this was not done (the caller submits the usual way).
+        """Submit ``tasks`` and, in the same round trip, fetch the next results of their
+        topic, if this client would fetch them now (it has read that topic before and handed
+        out all it took). Returns the submit script's reply, or None if this was not done
+        (the caller submits the usual way).
 
-        A caller that sends a task and then waits for its result would otherwise start that
-        wait only after the submission's reply: by then a fast worker may have delivered the
-        result, and taking it costs a write, and with ``appendfsync always`` a disk sync, of
-        its own. Sent behind the submission, the wait is there first, and the move of the
-        result is written with its delivery."""
+        If the last fetch emptied the topic, what goes along is the wait for the next
+        result: a caller that sends a task and then waits for its result would otherwise
+        start that wait only after the submission's reply, by when a fast worker may have
+        delivered the result, and taking it would cost a write, and with ``appendfsync
+        always`` a disk sync, of its own. Sent behind the submission, the wait is there
+        first, and the move of the result is written with its delivery. Otherwise results
+        may be waiting (a thinker that submits one task per result, with several in flight),
+        and the fetch by number goes along: its writes share the submission's sync, and the
+        next :meth:`get_result` finds them in hand."""
         topic = tasks[0].topic
         reader = self._readers.get(topic)
         if reader is None or any(t.topic != topic for t in tasks):
@@ -1162,48 +1166,59 @@ class RedisBroker:
             return None  # another thread reads the topic: its wait is in place already
         try:
             with self._results_lock:
-                if (
-                    self._closed
-                    or self._buffers.get(topic)
-                    or not reader.drained
-                    or reader.ahead is not None
-                ):
+                if self._closed or self._buffers.get(topic) or reader.ahead is not None:
                     return None
-            if not self._wait_loaded:  # else its first use would find it missing
+            waiting = reader.drained
+            if not self._wait_loaded:  # else their first use would find them missing
                 self._reload("received")
+                self._reload("take_results")
                 self._wait_loaded = True
             pool = self.redis.connection_pool
             conn = None
+            submit = self._scripts["submit"]
+            commands: list[tuple[Any, ...]] = [
+                ("EVALSHA", submit.sha, 0, self.namespace, self.ttl_seconds, packed, _token(tasks))
+            ]
+            if waiting:
+                commands += self._wait_commands(topic, reader, self._block_seconds(None, None))
+            else:
+                commands.append(
+                    (
+                        "EVALSHA",
+                        self._scripts["take_results"].sha,
+                        0,
+                        self.namespace,
+                        *self._fetch_args(topic, reader),
+                    )
+                )
             try:
                 conn = pool.get_connection()
                 conn_id = self._client_id(conn)
-                submit = self._scripts["submit"]
-                commands = [
-                    (
-                        "EVALSHA",
-                        submit.sha,
-                        0,
-                        self.namespace,
-                        self.ttl_seconds,
-                        packed,
-                        _token(tasks),
-                    ),
-                    *self._wait_commands(topic, reader, self._block_seconds(None, None)),
-                ]
                 conn.send_packed_command(conn.pack_commands(commands))
                 firsts = conn.read_response()
-                conn.read_response()  # the SADD's, sent with the submission's
+                fetched = conn.read_response() if not waiting else None
+                if waiting:
+                    conn.read_response()  # the SADD's, sent with the submission's
             except Exception as error:
                 # Whatever happened (a script not loaded, Redis away or refusing), the usual
-                # way sorts it out: a submission is safe to repeat, and the wait may have
-                # moved a result without its record, so the next fetch asks by number.
-                logger.debug("submission with a wait ahead failed (%s); submitting plainly", error)
+                # way sorts it out: a submission is safe to repeat, and the wait or the fetch
+                # may have moved results without our knowing, so the next fetch asks by number
+                # (the same number as this one: it returns what this one took).
+                logger.debug(
+                    "submission with a fetch behind failed (%s); submitting plainly", error
+                )
                 if conn is not None:
                     conn.disconnect()
                     pool.release(conn)
+                if isinstance(error, redis.exceptions.NoScriptError):
+                    self._wait_loaded = False
                 reader.drained = False
                 return None
-            reader.ahead = (conn, conn_id)
+            if waiting:
+                reader.ahead = (conn, conn_id)
+            else:
+                pool.release(conn)
+                self._fetched(topic, reader, self._buffers[topic], fetched)
             return firsts
         finally:
             reader.lock.release()
@@ -1839,12 +1854,27 @@ class RedisBroker:
         """Take up to ``result_batch`` results of ``topic`` into ``buffer`` with the script
         (which returns the same results if this fetch's number was asked before); with
         ``retry``, waits for Redis as any call does, else tries once."""
-        args = [self.consumer, topic, self.result_batch, self.ttl_seconds]
-        args += [reader.fetch, reader.taken]
+        args = self._fetch_args(topic, reader)
         if retry:
             reply = self._run("take_results", *args)
         else:
             reply = self._scripts["take_results"](keys=[], args=[self.namespace, *args])
+        self._fetched(topic, reader, buffer, reply)
+
+    def _fetch_args(self, topic: str, reader: _Reader) -> list[Any]:
+        """The take-results script's arguments (after the namespace) for the next fetch."""
+        return [
+            self.consumer,
+            topic,
+            self.result_batch,
+            self.ttl_seconds,
+            reader.fetch,
+            reader.taken,
+        ]
+
+    def _fetched(self, topic: str, reader: _Reader, buffer: deque[bytes], reply: list) -> None:
+        """Account for the take-results script's reply: the results it took go into
+        ``buffer``, and the fetch is recorded."""
         self._acknowledged(reader, topic, lost=reply[0] == b"1")
         items = reply[1:]
         reader.fetch += 1
