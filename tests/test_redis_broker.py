@@ -810,6 +810,36 @@ def test_a_partial_result_delivered_again_after_a_lost_reply_arrives_once(redis_
         b.close()
 
 
+def test_a_generator_handed_back_mid_stream_does_not_stream_its_parts_twice(redis_server):
+    # A worker stopping past its grace, or whose process died as the final result went out,
+    # hands the running task back untouched (same attempt): its next run yields the same
+    # parts again, and only those not delivered yet go out.
+    from steersman.workers.execute import execute
+
+    client = broker(redis_server)
+    queues = Queues(methods=["count_up"], broker=client)
+    task_id = queues.send_inputs(3, method="count_up")
+    worker = broker(redis_server, client.namespace)
+    task = worker.get_task(["default"], timeout=5)
+    first = list(execute(task, methods.count_up, "w", own_process=False))
+    worker.put_results(first[:2])  # parts 1 and 2 out, then the worker stops
+    worker.requeue(task, front=True)
+    again = worker.get_task(["default"], timeout=5)
+    assert (again.task_id, again.attempt) == (task_id, 1)
+    worker.put_results(list(execute(again, methods.count_up, "w", own_process=False)))
+    got = [queues.get_result(timeout=5) for _ in range(4)]
+    assert [(r.value if not r.complete else "final", r.part) for r in got] == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        ("final", 0),
+    ]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (worker, client):
+        b.close()
+
+
 def test_text_that_is_not_utf8_is_rejected_as_garbled_and_the_rest_is_served(redis_server, caplog):
     # Without a key (loopback), a task or result whose bytes hold a string that is not
     # UTF-8 is refused like any garbled message; what comes after it still arrives.
@@ -922,7 +952,7 @@ def test_a_keyed_task_finishing_while_a_restarted_thinker_looks_it_up_is_not_cou
         b.close()
 
 
-def test_a_task_handed_back_or_revived_streams_its_partial_results_afresh(redis_server):
+def test_a_task_revived_streams_its_partial_results_afresh(redis_server):
     from steersman.workers.execute import execute
 
     client = broker(redis_server)
@@ -938,9 +968,11 @@ def test_a_task_handed_back_or_revived_streams_its_partial_results_afresh(redis_
 
     task = run_partly()
     worker.requeue(task)  # handed back untouched (its pool stopped): same attempt
-    task = run_partly()
-    got = [queues.get_result(timeout=5) for _ in range(4)]
-    assert [(r.attempt, r.part) for r in got] == [(1, 1), (1, 2), (1, 1), (1, 2)]
+    task = run_partly()  # the same parts again: not delivered twice
+    got = [queues.get_result(timeout=5) for _ in range(2)]
+    assert [(r.attempt, r.part) for r in got] == [(1, 1), (1, 2)]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
     # Cancelled while queued, then queued again as a fresh first attempt.
     worker.requeue(task)
     assert client.cancel([task_id]) == (1, 0)

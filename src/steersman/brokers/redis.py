@@ -356,9 +356,10 @@ end
 redis.call('HSET', ns .. ':task', id, ARGV[6])
 redis.call('HSET', ns .. ':laneof', id, lane)
 redis.call('HDEL', ns .. ':lost', id)
--- Its next run streams its partial results afresh, from the first (under the same attempt
--- number if it goes back untouched).
-redis.call('HDEL', ns .. ':parts', id)
+-- The record of its partial results stays: run again under the same attempt (it went back
+-- untouched, from a worker stopping or from a process that died as its final result went
+-- out), it yields the same parts again, and only those not delivered yet go out; a later
+-- attempt's parts all come after them.
 if ARGV[7] == '1' then
   redis.call('LPUSH', ns .. ':lane:' .. lane, id)
 else

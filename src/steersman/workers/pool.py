@@ -729,8 +729,9 @@ def _serving_main(
                     settlement = Settlement([result])
                     persist("delivering a result", lambda s=settlement: s.send(broker), stop)
             if partial:
-                # Not started again with its partial results out: should this process die
-                # now, the task would stream them again under the same attempt.
+                # Its final result goes out before the next task starts: should this process
+                # die meanwhile, the whole generator would run again (the parts it delivered
+                # would not go out twice, but the work would be done twice).
                 outbox.drain()
             holding.value = len(tasks) - index - 1
     outbox.drain()
