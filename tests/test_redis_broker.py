@@ -1382,6 +1382,12 @@ def test_a_worker_process_reaped_while_it_lives_takes_nothing_until_its_lease_is
     assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
     assert raw.llen(f"{ns}:bell:default") >= 1  # ringing for workers of several lanes
     assert raw.ttl(f"{ns}:bell:default") > 0
+    # A wait that moved the task, whose reply was lost (Redis restarted): looking for what
+    # it moved, the process hands it back rather than run it in a list nobody reaps.
+    raw.lmove(lane, held, "LEFT", "RIGHT")
+    process._take_unsure = True  # as a take that lost its reply leaves it
+    assert process.get_tasks(["default"], 1, timeout=0.3) == []
+    assert raw.lrange(lane, 0, -1) == [task_id.encode()] and raw.llen(held) == 0
     client.adopt(process.consumer)  # its lease is renewed again
     client.keep_alive("worker")
     [task] = process.get_tasks(["default"], 1, timeout=10)

@@ -262,6 +262,24 @@ end
 return {id, envelope, redis.call('HGET', ns .. ':lost', id) or '0', left}
 """
 
+_HELD = """
+-- ARGV: ns, consumer, ttl. The ids this consumer holds, to find those a take whose reply
+-- was lost moved. A consumer reaped while it lives holds nothing the reaper did not hand
+-- back but what its waits moved since, and nobody would reap that list again: those go
+-- back to the front of their lanes, as the taken script does.
+local ns = ARGV[1]
+local held = ns .. ':held:' .. ARGV[2]
+if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
+  while true do
+    local id = redis.call('RPOP', held)
+    if not id then break end
+    back_to_lane(ns, id, ARGV[3])
+  end
+  return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
+end
+return redis.call('LRANGE', held, 0, -1)
+"""
+
 _DELIVER = """
 -- ARGV: ns, consumer, ttl, now, then per result: id, topic, queue, final ('1' for a final
 -- result, else the place of a partial one: attempt * 2^32 + part), failed, envelope, key
@@ -803,6 +821,7 @@ class RedisBroker:
             "submit": _SUBMIT,
             "take": _TAKE,
             "taken": _BACK_TO_LANE + _TAKEN,
+            "held": _BACK_TO_LANE + _HELD,
             "deliver": _DELIVER,
             "requeue": _REQUEUE,
             "reap": _BACK_TO_LANE + _REAP,
@@ -1597,8 +1616,14 @@ class RedisBroker:
         """Tasks in our held list that no reply told us about (a take whose reply was lost),
         as the take script returns them; without this they would wait for our lease to end,
         which never comes while we live."""
-        held = self._k("held", self.consumer)
-        ids = self.redis.lrange(held, 0, -1)
+        try:
+            ids = self._scripts["held"](
+                keys=[], args=[self.namespace, self.consumer, self.ttl_seconds]
+            )
+        except redis.ResponseError as error:
+            if not _reaped(error):
+                raise
+            return []  # put back in their lanes; the next take waits for a heartbeat
         with self._mine_lock:
             unseen = [i for i in ids if i.decode() not in self._mine]
         found = self._read_held(unseen) if unseen else []
