@@ -1095,6 +1095,56 @@ def test_results_fetched_with_a_submission_after_a_redis_restart_come_once(own_r
         b.close()
 
 
+def test_a_fetch_asked_again_after_a_reap_and_a_lost_reply_skips_what_was_handed_out(
+    redis_server,
+):
+    # The thinker's link is cut past its lease: it is reaped, and the result it had handed
+    # out goes back to the topic. Its next fetch runs, but the reply is lost; asked again
+    # under the same number, the fetch must still say the record before it was gone, or
+    # the result handed out before the cut would be handed out a second time.
+    client, queues, worker = _reading_client(redis_server)
+    raw, _, second = _results_waiting(redis_server, client, queues, worker)
+    client._heart_stop.set()
+    client._heart.join()
+    raw.delete(f"{client.namespace}:hb:{client.consumer}")
+    assert worker.reap(force=True) == 1  # the result handed out goes back to the topic
+    reader = client._readers["default"]
+    args = [client.namespace, *client._fetch_args("default", reader)]
+    client._scripts["take_results"](keys=[], args=args)  # its reply lost on the way
+    result = queues.get_result(timeout=5)  # asked again under the same number
+    assert result.task_id == second
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+
+
+def test_a_submission_that_landed_is_not_sent_again_when_its_fetch_fails(redis_server):
+    # Redis lost its scripts (a restart) and has loaded the submission's again, not the
+    # fetch's: the submission landed, so it is not sent a second time (which could fail,
+    # and tell the caller a queued task was not sent); the fetch goes again on its own.
+    client, queues, worker = _reading_client(redis_server)
+    raw, _, second = _results_waiting(redis_server, client, queues, worker)
+    raw.script_flush()
+    raw.script_load(client._scripts["submit"].script)
+    raw.config_set("slowlog-log-slower-than", 0)
+    raw.slowlog_reset()
+    try:
+        third = queues.send_inputs(3, 3, method="add")
+        submit = client._scripts["submit"].sha.encode()
+        runs = [e for e in raw.slowlog_get(1000) if e["command"].split()[:2][-1] == submit]
+    finally:
+        raw.config_set("slowlog-log-slower-than", 10000)
+    assert len(runs) == 1
+    serve_one(worker)
+    got = {r.task_id: r.value for r in (queues.get_result(timeout=5) for _ in range(2))}
+    assert got == {second: 4, third: 6}
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+
+
 def test_a_wait_ahead_outlives_a_get_result_that_timed_out(redis_server):
     client, queues, worker = _reading_client(redis_server)
     queues.send_inputs(2, 3, method="add")

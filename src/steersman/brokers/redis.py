@@ -19,7 +19,8 @@ Layout (every key under the namespace ``{ns}``, so runs sharing one Redis never 
 - ``{ns}:consumers``   set   clients that may hold tasks or unacknowledged results
 - ``{ns}:result:T``    list  signed envelopes of results on topic T
 - ``{ns}:unacked:C:T`` list  results C took from topic T and has not acknowledged
-- ``{ns}:useq:C:T``    string, expires: the number of C's last fetch from topic T
+- ``{ns}:useq:C:T``    string, expires: the number of C's last fetch from topic T ('!'
+                         after it if that fetch found the record of the one before gone)
 - ``{ns}:utopics:C``   set   topics C holds unacknowledged results of
 - ``{ns}:done:ID``     string, expires: the final result of ID was delivered (once only)
 - ``{ns}:parts``       hash, expires: task id -> place of the last partial result delivered
@@ -458,15 +459,17 @@ local ns, c, topic = ARGV[1], ARGV[2], ARGV[3]
 local unacked = ns .. ':unacked:' .. c .. ':' .. topic
 local seq = ns .. ':useq:' .. c .. ':' .. topic
 local previous = redis.call('GET', seq)
-if previous == ARGV[6] then
+-- The record is the fetch's number, with '!' after it if that fetch found the previous
+-- one's record gone: asked again, it says so again (its first reply may be what was lost).
+if previous == ARGV[6] or previous == ARGV[6] .. '!' then
   local again = redis.call('LRANGE', unacked, 0, -1)
-  table.insert(again, 1, '0')
+  table.insert(again, 1, previous == ARGV[6] and '0' or '1')
   return again
 end
 local lost = (not previous and ARGV[6] ~= '1') and '1' or '0'
 local taken = tonumber(ARGV[7])
 if lost == '0' and taken > 0 then redis.call('LTRIM', unacked, taken, -1) end
-redis.call('SET', seq, ARGV[6], 'EX', ARGV[5])
+redis.call('SET', seq, lost == '1' and ARGV[6] .. '!' or ARGV[6], 'EX', ARGV[5])
 redis.call('SADD', ns .. ':utopics:' .. c, topic)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ARGV[5])
 local items = redis.call('LRANGE', unacked, 0, -1)
@@ -512,10 +515,12 @@ end
 local previous = redis.call('GET', seq)
 local lost = (not previous and fetch ~= '1') and 1 or 0
 local taken = tonumber(ARGV[5])
-if lost == 0 and previous ~= fetch and taken > 0 then
+if lost == 0 and previous ~= fetch and previous ~= fetch .. '!' and taken > 0 then
   redis.call('LTRIM', unacked, taken, -1)
 end
-redis.call('SET', seq, fetch, 'EX', ttl)
+-- As the take-results script records it: a fetch by this number asked next (this reply
+-- lost) must say again that the previous record was gone.
+redis.call('SET', seq, lost == 1 and fetch .. '!' or fetch, 'EX', ttl)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ttl)
 redis.call('EXPIRE', unacked, ttl)
 return {lost, redis.call('LLEN', ns .. ':result:' .. topic), redis.call('LLEN', unacked)}
@@ -1217,30 +1222,43 @@ class RedisBroker:
                 conn = pool.get_connection()
                 conn_id = self._client_id(conn)
                 conn.send_packed_command(conn.pack_commands(commands))
-                firsts = conn.read_response()
-                fetched = conn.read_response() if not waiting else None
-                if waiting:
-                    conn.read_response()  # the SADD's, sent with the submission's
+                # The submission's reply, and the fetch's or the SADD's: an error reply comes
+                # in its place, so neither is lost with the other.
+                firsts, behind = self._replies(conn, 2)
             except Exception as error:
-                # Whatever happened (a script not loaded, Redis away or refusing), the usual
-                # way sorts it out: a submission is safe to repeat, and the wait or the fetch
-                # may have moved results without our knowing, so the next fetch asks by number
-                # (the same number as this one: it returns what this one took).
+                # Redis away or the link broken: the usual way sorts it out. A submission is
+                # safe to repeat, and the wait or the fetch may have moved results without
+                # our knowing, so the next fetch asks by number (this one's: it returns what
+                # this one took, and says again whether the record before was gone).
                 logger.debug(
                     "submission with a fetch behind failed (%s); submitting plainly", error
                 )
                 if conn is not None:
                     conn.disconnect()
                     pool.release(conn)
-                if isinstance(error, redis.exceptions.NoScriptError):
-                    self._wait_loaded = False
+                reader.drained = False
+                return None
+            if isinstance(firsts, redis.exceptions.NoScriptError) or isinstance(
+                behind, redis.exceptions.NoScriptError
+            ):
+                self._wait_loaded = False  # Redis restarted: load them again at next use
+            if waiting and isinstance(firsts, redis.ResponseError):
+                # The wait went out with a submission that did not land: it is dropped with
+                # its connection, and what it may have moved comes by the fetch by number.
+                conn.disconnect()
+                pool.release(conn)
                 reader.drained = False
                 return None
             if waiting:
                 reader.ahead = (conn, conn_id)
             else:
                 pool.release(conn)
-                self._fetched(topic, reader, self._buffers[topic], fetched)
+                if isinstance(behind, redis.ResponseError):
+                    reader.drained = False  # the next fetch asks by the same number
+                else:
+                    self._fetched(topic, reader, self._buffers[topic], behind)
+            if isinstance(firsts, redis.ResponseError):
+                return None  # submitted the usual way, which reports its error if it lasts
             return firsts
         finally:
             reader.lock.release()
