@@ -886,18 +886,20 @@ class RedisBroker:
         """Stop renewing the lease of an adopted consumer whose process ended, and remove it
         from Redis if it holds nothing; what it still holds goes to others once its lease
         runs out."""
-        # Under the lock a beat renews the adopted under: one that began before this would
-        # otherwise list the consumer again after its removal, until its lease ran out.
         with self._adopted_lock:
             self._adopted.discard(consumer)
-            try:
-                if self.redis.llen(self._k("held", consumer)) == 0:
-                    pipe = self.redis.pipeline()
-                    pipe.delete(self._k("hb", consumer))
-                    pipe.srem(self._k("consumers"), consumer)
-                    pipe.execute()
-            except redis.RedisError as error:
-                logger.warning("could not remove worker %s from Redis: %s", consumer, error)
+        self._remove_if_idle(consumer)
+
+    def _remove_if_idle(self, consumer: str) -> None:
+        """Remove a retired consumer from Redis if it holds nothing."""
+        try:
+            if self.redis.llen(self._k("held", consumer)) == 0:
+                pipe = self.redis.pipeline()
+                pipe.delete(self._k("hb", consumer))
+                pipe.srem(self._k("consumers"), consumer)
+                pipe.execute()
+        except redis.RedisError as error:
+            logger.warning("could not remove worker %s from Redis: %s", consumer, error)
 
     def held_tasks(self, consumer: str) -> list[Result]:
         """The tasks ``consumer`` holds, in the order it took them, with their lost leases
@@ -1323,9 +1325,16 @@ class RedisBroker:
                         info[name] = value
             except Exception as error:  # status is best effort; the lease is not
                 logger.debug("describing a pool failed: %s", error)
-        self._renew([self.consumer])
-        with self._adopted_lock:  # see retire()
-            self._renew(list(self._adopted))
+        with self._adopted_lock:
+            adopted = list(self._adopted)
+        self._renew([self.consumer, *adopted])
+        # One retired while this beat renewed it is listed again: removed again. (Not by
+        # holding the lock across the renewal: a call to Redis that hangs there would stop
+        # the beat of every lease this client renews.)
+        with self._adopted_lock:
+            retired = [c for c in adopted if c not in self._adopted]
+        for consumer in retired:
+            self._remove_if_idle(consumer)
         info_key = self._k("info", self.consumer)
         pipe = self.redis.pipeline()
         pipe.hset(info_key, mapping={k: json.dumps(v) for k, v in info.items()})
