@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -1143,6 +1144,118 @@ def test_a_submission_that_landed_is_not_sent_again_when_its_fetch_fails(redis_s
         queues.get_result(timeout=0.3)
     for b in (client, worker):
         b.close()
+
+
+def _reply_end(buffer: bytes, start: int = 0) -> int | None:
+    """Where the RESP reply that starts at ``start`` ends, or None if it is not all there."""
+    line = buffer.find(b"\r\n", start)
+    if line < 0:
+        return None
+    kind, head = buffer[start : start + 1], buffer[start + 1 : line]
+    if kind in b"+-:":
+        return line + 2
+    if kind == b"$":
+        size = int(head)
+        end = line + 2 + max(size, 0) + (2 if size >= 0 else 0)
+        return end if size < 0 or len(buffer) >= end else None
+    end = line + 2  # an array: its items one after the other
+    for _ in range(max(int(head), 0)):
+        end = _reply_end(buffer, end)
+        if end is None:
+            return None
+    return end
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that, once armed with some bytes, lets the connection whose
+    request carries them have its first reply only, then cuts it and refuses connections
+    until ``down`` is cleared: a link that breaks between two replies of one round trip."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.port, self.trigger, self.down = port, None, False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.port))
+            cut = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+            threading.Thread(target=self._back, args=(server, client, cut), daemon=True).start()
+
+    def _up(self, client, server, cut) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.trigger is not None and self.trigger in data:
+                    self.trigger = None
+                    cut.set()
+                server.sendall(data)
+
+    def _back(self, server, client, cut) -> None:
+        pending = b""
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if not cut.is_set():
+                    client.sendall(data)
+                    continue
+                pending += data
+                end = _reply_end(pending)
+                if end is not None:
+                    self.down = True
+                    client.sendall(pending[:end])
+                    break
+        for sock in (server, client):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_submission_that_landed_is_not_reported_lost_when_the_link_breaks_behind_it(
+    redis_server,
+):
+    # The link breaks after the submission's reply and before its fetch's, and Redis stays
+    # out of reach a while: the caller is told the task was sent (it was), not that Redis is
+    # unreachable; the fetch's results come once the link is back.
+    proxy = CuttingProxy(redis_server.port)
+    client = RedisBroker(
+        proxy.url, f"t{uuid.uuid4().hex[:10]}", hmac_key=b"test-signing-key", connect_timeout=2
+    )
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(redis_server, namespace=client.namespace)
+    queues.send_inputs(0, 1, method="add")
+    serve_one(worker)
+    assert queues.get_result(timeout=5).value == 1
+    raw, _, second = _results_waiting(redis_server, client, queues, worker)
+    proxy.trigger = client._scripts["take_results"].sha.encode()
+    third = queues.send_inputs(3, 3, method="add")  # raised BrokerUnavailable before
+    assert proxy.down, "the link was not cut"
+    assert raw.hexists(f"{client.namespace}:task", third)
+    proxy.down = False
+    serve_one(worker)
+    got = {r.task_id: r.value for r in (queues.get_result(timeout=10) for _ in range(2))}
+    assert got == {second: 4, third: 6}
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    for b in (client, worker):
+        b.close()
+    proxy.close()
 
 
 def test_a_wait_ahead_outlives_a_get_result_that_timed_out(redis_server):

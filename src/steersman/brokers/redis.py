@@ -520,7 +520,8 @@ if lost == 0 and previous ~= fetch and previous ~= fetch .. '!' and taken > 0 th
 end
 -- As the take-results script records it: a fetch by this number asked next (this reply
 -- lost) must say again that the previous record was gone.
-redis.call('SET', seq, lost == 1 and fetch .. '!' or fetch, 'EX', ttl)
+local mark = (lost == 1 or previous == fetch .. '!') and '!' or ''
+redis.call('SET', seq, fetch .. mark, 'EX', ttl)
 redis.call('EXPIRE', ns .. ':utopics:' .. c, ttl)
 redis.call('EXPIRE', unacked, ttl)
 return {lost, redis.call('LLEN', ns .. ':result:' .. topic), redis.call('LLEN', unacked)}
@@ -1204,6 +1205,7 @@ class RedisBroker:
                 self._wait_loaded = True
             pool = self.redis.connection_pool
             conn = None
+            landed = False
             submit = self._scripts["submit"]
             commands: list[tuple[Any, ...]] = [
                 ("EVALSHA", submit.sha, 0, self.namespace, self.ttl_seconds, packed, _token(tasks))
@@ -1224,10 +1226,19 @@ class RedisBroker:
                 conn = pool.get_connection()
                 conn_id = self._client_id(conn)
                 conn.send_packed_command(conn.pack_commands(commands))
-                # The submission's reply, and the fetch's or the SADD's: an error reply comes
+                # The submission's reply, then the fetch's or the SADD's: an error reply comes
                 # in its place, so neither is lost with the other.
-                firsts, behind = self._replies(conn, 2)
+                (firsts,) = self._replies(conn, 1)
+                landed = not isinstance(firsts, redis.ResponseError)
+                (behind,) = self._replies(conn, 1)
             except Exception as error:
+                if landed:
+                    # The submission landed; only what went behind it is unknown: the next
+                    # fetch asks by number (this one's, if it ran: the same results).
+                    conn.disconnect()
+                    pool.release(conn)
+                    reader.drained = False
+                    return firsts
                 # Redis away or the link broken: the usual way sorts it out. A submission is
                 # safe to repeat, and the wait or the fetch may have moved results without
                 # our knowing, so the next fetch asks by number (this one's: it returns what
