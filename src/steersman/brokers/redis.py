@@ -1599,6 +1599,11 @@ class RedisBroker:
                 if tasks:
                     return tasks
 
+    def left_waiting(self, lanes: Sequence[str]) -> bool:
+        """Whether this client's last take from ``lanes`` (a single lane) left tasks waiting
+        in it, as far as the take saw (with several lanes, False: it cannot tell)."""
+        return len(lanes) == 1 and self._seen_empty != self._k("lane", lanes[0])
+
     def _read_taken(self, lane: str, stop: threading.Event | None) -> Any:
         """The taken script on its own (as sent after a ``BLMOVE``); an error reply is
         returned, not raised."""

@@ -720,11 +720,14 @@ def _serving_main(
                 running.value = b""  # finished: its timeout no longer applies
                 if auto and result.time_running is not None:
                     recent, capacity = _learn_pace(recent, result.time_running)
-                if index < len(tasks) - 1:
-                    outbox.put(result)  # delivered while the next task runs
+                if index < len(tasks) - 1 or broker.left_waiting(lanes):
+                    # Delivered while the next task runs, or while this process takes the
+                    # next ones from its lane: the delivery and the take reach Redis
+                    # together (with appendfsync always, they share a disk sync).
+                    outbox.put(result)
                 else:
-                    # Nothing to run next: delivered from here (no hand-over to a thread),
-                    # after what is on its way (this task's partial results among it).
+                    # Nothing waits: delivered from here (no hand-over to a thread), after
+                    # what is on its way (this task's partial results among it).
                     outbox.drain()
                     settlement = Settlement([result])
                     persist("delivering a result", lambda s=settlement: s.send(broker), stop)
