@@ -1056,6 +1056,22 @@ def _results_waiting(server, client, queues, worker):
     return raw, results, second
 
 
+def _with_a_result_waiting(server):
+    """A reading client (see _reading_client) with a result waiting for it in Redis: the
+    client, its Queues, a worker-side broker, a raw connection and the waiting task's id."""
+    client, queues, worker = _reading_client(server)
+    raw, _, second = _results_waiting(server, client, queues, worker)
+    return client, queues, worker, raw, second
+
+
+def _results_once(queues, n):
+    """The next ``n`` results as {task id: value}; none comes after them."""
+    got = {r.task_id: r.value for r in (queues.get_result(timeout=10) for _ in range(n))}
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.3)
+    return got
+
+
 def test_a_submission_brings_back_the_results_waiting_for_its_client(redis_server):
     # A thinker that submits a task for each result it gets, several in flight: the fetch
     # of the results waiting goes with the submission (their writes share its disk sync),
@@ -1068,10 +1084,7 @@ def test_a_submission_brings_back_the_results_waiting_for_its_client(redis_serve
     result = queues.get_result(timeout=5)
     assert (result.task_id, result.value) == (second, 4)
     serve_one(worker)
-    result = queues.get_result(timeout=5)
-    assert (result.task_id, result.value) == (third, 6)
-    with pytest.raises(ResultTimeout):
-        queues.get_result(timeout=0.3)
+    assert _results_once(queues, 1) == {third: 6}
     for b in (client, worker):
         b.close()
 
@@ -1079,18 +1092,11 @@ def test_a_submission_brings_back_the_results_waiting_for_its_client(redis_serve
 def test_results_fetched_with_a_submission_after_a_redis_restart_come_once(own_redis):
     # Redis restarted: neither script is loaded. The submission goes again on its own, and
     # the results come once, none lost.
-    client, queues, worker = _reading_client(own_redis)
-    raw, _, second = _results_waiting(own_redis, client, queues, worker)
+    client, queues, worker, raw, second = _with_a_result_waiting(own_redis)
     raw.script_flush()
     third = queues.send_inputs(3, 3, method="add")
     serve_one(worker)
-    got = {}
-    for _ in range(2):
-        result = queues.get_result(timeout=5)
-        got[result.task_id] = result.value
-    assert got == {second: 4, third: 6}
-    with pytest.raises(ResultTimeout):
-        queues.get_result(timeout=0.3)
+    assert _results_once(queues, 2) == {second: 4, third: 6}
     assert raw.hlen(f"{client.namespace}:task") == 0  # the task was queued once
     for b in (client, worker):
         b.close()
@@ -1103,8 +1109,7 @@ def test_a_fetch_asked_again_after_a_reap_and_a_lost_reply_skips_what_was_handed
     # out goes back to the topic. Its next fetch runs, but the reply is lost; asked again
     # under the same number, the fetch must still say the record before it was gone, or
     # the result handed out before the cut would be handed out a second time.
-    client, queues, worker = _reading_client(redis_server)
-    raw, _, second = _results_waiting(redis_server, client, queues, worker)
+    client, queues, worker, raw, second = _with_a_result_waiting(redis_server)
     client._heart_stop.set()
     client._heart.join()
     raw.delete(f"{client.namespace}:hb:{client.consumer}")
@@ -1112,10 +1117,8 @@ def test_a_fetch_asked_again_after_a_reap_and_a_lost_reply_skips_what_was_handed
     reader = client._readers["default"]
     args = [client.namespace, *client._fetch_args("default", reader)]
     client._scripts["take_results"](keys=[], args=args)  # its reply lost on the way
-    result = queues.get_result(timeout=5)  # asked again under the same number
-    assert result.task_id == second
-    with pytest.raises(ResultTimeout):
-        queues.get_result(timeout=0.3)
+    # Asked again under the same number:
+    assert _results_once(queues, 1) == {second: 4}
     for b in (client, worker):
         b.close()
 
@@ -1124,8 +1127,7 @@ def test_a_submission_that_landed_is_not_sent_again_when_its_fetch_fails(redis_s
     # Redis lost its scripts (a restart) and has loaded the submission's again, not the
     # fetch's: the submission landed, so it is not sent a second time (which could fail,
     # and tell the caller a queued task was not sent); the fetch goes again on its own.
-    client, queues, worker = _reading_client(redis_server)
-    raw, _, second = _results_waiting(redis_server, client, queues, worker)
+    client, queues, worker, raw, second = _with_a_result_waiting(redis_server)
     raw.script_flush()
     raw.script_load(client._scripts["submit"].script)
     raw.config_set("slowlog-log-slower-than", 0)
@@ -1138,10 +1140,7 @@ def test_a_submission_that_landed_is_not_sent_again_when_its_fetch_fails(redis_s
         raw.config_set("slowlog-log-slower-than", 10000)
     assert len(runs) == 1
     serve_one(worker)
-    got = {r.task_id: r.value for r in (queues.get_result(timeout=5) for _ in range(2))}
-    assert got == {second: 4, third: 6}
-    with pytest.raises(ResultTimeout):
-        queues.get_result(timeout=0.3)
+    assert _results_once(queues, 2) == {second: 4, third: 6}
     for b in (client, worker):
         b.close()
 
@@ -1249,10 +1248,7 @@ def test_a_submission_that_landed_is_not_reported_lost_when_the_link_breaks_behi
     assert raw.hexists(f"{client.namespace}:task", third)
     proxy.down = False
     serve_one(worker)
-    got = {r.task_id: r.value for r in (queues.get_result(timeout=10) for _ in range(2))}
-    assert got == {second: 4, third: 6}
-    with pytest.raises(ResultTimeout):
-        queues.get_result(timeout=0.3)
+    assert _results_once(queues, 2) == {second: 4, third: 6}
     for b in (client, worker):
         b.close()
     proxy.close()

@@ -233,6 +233,20 @@ local function back_to_lane(ns, id, ttl)
   redis.call('EXPIRE', bell, ttl)
   return lane
 end
+-- A consumer reaped while it lives (it, or the client that renews its lease, was frozen
+-- past the lease) holds nothing the reaper did not hand back but what its waits moved
+-- since, and nobody would reap its list again: those go back to the front of their lanes.
+-- Returns whether it was reaped.
+local function hand_back_if_reaped(ns, consumer, ttl)
+  if redis.call('SISMEMBER', ns .. ':consumers', consumer) == 1 then return false end
+  local held = ns .. ':held:' .. consumer
+  while true do
+    local id = redis.call('RPOP', held)
+    if not id then break end
+    back_to_lane(ns, id, ttl)
+  end
+  return true
+end
 """
 
 _TAKEN = """
@@ -242,14 +256,7 @@ _TAKEN = """
 -- the lane.
 local ns = ARGV[1]
 local held = ns .. ':held:' .. ARGV[2]
-if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
-  -- Reaped while it lives (see the take script): the reaper emptied its held list, so what
-  -- is there now its wait moved since. It goes back to the front of its lane, untouched.
-  while true do
-    local id = redis.call('RPOP', held)
-    if not id then break end
-    back_to_lane(ns, id, ARGV[4])
-  end
+if hand_back_if_reaped(ns, ARGV[2], ARGV[4]) then
   return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
 end
 local left = redis.call('LLEN', ns .. ':lane:' .. ARGV[3])
@@ -265,20 +272,11 @@ return {id, envelope, redis.call('HGET', ns .. ':lost', id) or '0', left}
 
 _HELD = """
 -- ARGV: ns, consumer, ttl. The ids this consumer holds, to find those a take whose reply
--- was lost moved. A consumer reaped while it lives holds nothing the reaper did not hand
--- back but what its waits moved since, and nobody would reap that list again: those go
--- back to the front of their lanes, as the taken script does.
-local ns = ARGV[1]
-local held = ns .. ':held:' .. ARGV[2]
-if redis.call('SISMEMBER', ns .. ':consumers', ARGV[2]) == 0 then
-  while true do
-    local id = redis.call('RPOP', held)
-    if not id then break end
-    back_to_lane(ns, id, ARGV[3])
-  end
+-- was lost moved (none if it was reaped while it lives: see hand_back_if_reaped).
+if hand_back_if_reaped(ARGV[1], ARGV[2], ARGV[3]) then
   return redis.error_reply('REAPED this client was reaped; it takes nothing until it beats')
 end
-return redis.call('LRANGE', held, 0, -1)
+return redis.call('LRANGE', ARGV[1] .. ':held:' .. ARGV[2], 0, -1)
 """
 
 _DELIVER = """
