@@ -1608,3 +1608,41 @@ def test_a_retry_sent_again_after_an_error_raises_its_attempt_once(own_redis):
     [again] = client.get_tasks(["default"], 1, timeout=10)
     assert again.task_id == task.task_id and again.attempt == 2
     client.close()
+
+
+def test_a_pooled_connection_left_with_an_unread_reply_is_not_handed_out_as_it_is(redis_server):
+    """The pool's look before lending a connection: a reply nobody read would otherwise be
+    read as the answer to the next command on that connection."""
+    b = broker(redis_server)
+    pool = b.redis.connection_pool
+    conn = pool.get_connection()
+    conn.send_command("ECHO", "stale")
+    wait_until(lambda: conn._sock is not None and _readable(conn._sock), 5, "the stale reply")
+    pool.release(conn)  # as a careless caller would: its reply still waits on the socket
+    assert b.redis.echo("fresh") == b"fresh"
+    # The same with the reply already in the parser's buffer rather than on the socket.
+    conn = pool.get_connection()
+    conn.send_packed_command(conn.pack_commands([("ECHO", "first"), ("ECHO", "second")]))
+    assert conn.read_response() == b"first"
+    pool.release(conn)
+    assert b.redis.echo("fresh") == b"fresh"
+    b.close()
+
+
+def test_a_connection_redis_closed_is_connected_afresh_without_an_error(redis_server):
+    b = broker(redis_server)
+    conn = b.redis.connection_pool.get_connection()
+    conn_id = b._client_id(conn)
+    b.redis.connection_pool.release(conn)
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.client_kill_filter(_id=conn_id)
+    raw.close()
+    assert b.redis.echo("after") == b"after"  # no ConnectionError: the look saw it closed
+    assert b._client_id(b.redis.connection_pool.get_connection()) != conn_id
+    b.close()
+
+
+def _readable(sock) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
