@@ -1646,3 +1646,67 @@ def _readable(sock) -> bool:
     import select
 
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def _a_result_and_a_worker_at_an_empty_lane(server):
+    """A client, a worker that took its one task with room for more (so it saw the lane
+    empty and its next take waits at once), and that task's result ready to deliver."""
+    client = broker(server)
+    queues = Queues(methods=["add"], broker=client)
+    worker = broker(server, client.namespace)
+    queues.send_inputs(1, 2, method="add")
+    (task,) = worker.get_tasks(["default"], 2, timeout=5)
+    task.set_value(3)
+    task.complete = True
+    return client, queues, worker, task
+
+
+@pytest.mark.parametrize("redis_forgot_the_scripts", [False, True])
+def test_a_result_delivered_ahead_of_a_wait_arrives_while_the_wait_goes_on(
+    redis_server, redis_forgot_the_scripts
+):
+    import threading
+
+    client, queues, worker, result = _a_result_and_a_worker_at_an_empty_lane(redis_server)
+    raw = redis.Redis.from_url(redis_server.url)
+    if redis_forgot_the_scripts:  # as after a restart: delivered on another connection
+        raw.script_flush()
+    else:  # delivered in the wait's round trip
+        raw.script_load(worker._scripts["deliver"].script)
+    taken: list = []
+    waiting = threading.Thread(
+        target=lambda: taken.append(worker.get_tasks(["default"], 1, 20, deliver=[result]))
+    )
+    waiting.start()
+    assert queues.get_result(timeout=5).value == 3  # not behind the 20 s wait
+    assert waiting.is_alive()
+    assert raw.llen(f"{client.namespace}:held:{worker.consumer}") == 0
+    queues.send_inputs(2, 2, method="add")
+    waiting.join(10)
+    assert [t.args for t in taken[0]] == [(2, 2)]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    for b in (worker, client):
+        b.close()
+
+
+def test_a_result_whose_delivery_ahead_of_a_wait_is_refused_is_delivered_by_the_caller(
+    own_redis,
+):
+    """Redis refuses the delivery (over maxmemory here): get_tasks raises, the wait's
+    connection is dropped, and the caller's delivery, once Redis accepts writes, is the one
+    result; the worker's next take finds what the dropped wait may have moved."""
+    client, queues, worker, result = _a_result_and_a_worker_at_an_empty_lane(own_redis)
+    raw = redis.Redis.from_url(own_redis.url)
+    raw.config_set("maxmemory", 1)  # every write refused, reads and pops still served
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        worker.get_tasks(["default"], 1, 5, deliver=[result])
+    raw.config_set("maxmemory", 0)
+    worker.put_results([result])
+    assert queues.get_result(timeout=5).value == 3
+    queues.send_inputs(2, 2, method="add")
+    assert [t.args for t in worker.get_tasks(["default"], 1, 5)] == [(2, 2)]
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    for b in (worker, client):
+        b.close()

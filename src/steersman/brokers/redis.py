@@ -1474,13 +1474,15 @@ class RedisBroker:
         stop: threading.Event | None,
         commands: Sequence[tuple[Any, ...]],
         errors: bool = False,
+        first: Callable[[Any], None] | None = None,
     ) -> list[Any] | None:
         """Send ``commands`` (one of them blocks) in one round trip on a pooled connection.
 
         A :class:`Flag` ``stop`` ends the block at once with ``CLIENT UNBLOCK``, so a wait
         needs no wake list and no polling. Returns the replies, or None if ``stop`` was set.
         With ``errors``, a command's error reply is returned in its place, not raised, so
-        the other replies are not lost with it.
+        the other replies are not lost with it; then ``first``, if given, is called with the
+        first reply as soon as it comes, before the others (which may wait on the block).
         """
         pool = self.redis.connection_pool
         conn = pool.get_connection()
@@ -1494,7 +1496,11 @@ class RedisBroker:
             conn.send_packed_command(conn.pack_commands(commands))
             if not errors:
                 return [conn.read_response() for _ in commands]
-            return self._replies(conn, len(commands))
+            if first is None:
+                return self._replies(conn, len(commands))
+            replies = self._replies(conn, 1)
+            first(replies[0])
+            return replies + self._replies(conn, len(commands) - 1)
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next user
             raise
@@ -1560,22 +1566,63 @@ class RedisBroker:
         max_count: int = 1,
         timeout: float | None = None,
         stop: threading.Event | None = None,
+        deliver: Sequence[Result] = (),
+        on_delivered: Callable[[], None] | None = None,
     ) -> list[Result]:
         """Take up to ``max_count`` tasks, first lanes first; wait for at least one.
 
         A worker of one lane waits with ``BLMOVE`` from the lane into its held list, so a
         task submitted to an idle worker is taken in the same step that wakes it; a worker
         of several lanes waits on the queues' bells, then takes in priority order.
+
+        ``deliver`` are results to deliver first (as :meth:`put_results`). Before a wait in a
+        lane seen empty, their delivery goes in the wait's round trip, ahead of it. They are
+        delivered when this returns, whatever it returns, and ``on_delivered`` is called as
+        soon as they are; if it raises, they may not be, and the caller delivers them again
+        (a result delivered twice goes out once).
         """
         self.keep_alive("worker")
+        ahead: list[Any] | None = None
+        if deliver:
+            ahead = [self.namespace, *self._deliver_args(deliver)]
+
+        def settle() -> None:
+            """Deliver ``deliver`` on a round trip of its own, if not done yet."""
+            nonlocal ahead
+            if ahead is not None:
+                self._call("deliver", self._evalsha, "deliver", ahead[1:], give_up=stop)
+                self._delivered(deliver)
+                ahead = None
+                if on_delivered is not None:
+                    on_delivered()
+
+        def delivered(reply: Any) -> None:
+            """The reply of the delivery sent ahead of a wait: an error (the script forgotten
+            in a restart, or a write refused) is answered by delivering on another
+            connection while this one waits."""
+            nonlocal ahead
+            if not isinstance(reply, redis.ResponseError):
+                self._delivered(deliver)
+                ahead = None
+                if on_delivered is not None:
+                    on_delivered()
+                return
+            try:
+                settle()
+            except BaseException:
+                self._take_unsure = True  # the wait behind may move a task nobody reads
+                raise
+
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         held = self._k("held", self.consumer)
         single = self._k("lane", lanes[0]) if len(lanes) == 1 else None
         bells = list(dict.fromkeys(self._k("bell", lane.split(":")[0]) for lane in lanes))
         while True:
             if stop is not None and stop.is_set():
+                settle()
                 return []
             if self._take_unsure:
+                settle()
                 self._take_unsure = False
                 tasks = self._unsure(
                     lambda: self._accept(
@@ -1586,6 +1633,7 @@ class RedisBroker:
                     return tasks
             expired = deadline is not None and time.monotonic() >= deadline
             if single is None or self._seen_empty != single or expired:
+                settle()
                 try:
                     found = self._call(
                         "take",
@@ -1609,32 +1657,41 @@ class RedisBroker:
                         return tasks
                     continue
             if deadline is not None and time.monotonic() >= deadline:
+                settle()
                 return []
             block = self._block_seconds(deadline, stop)
             if single is None:
+                settle()
                 self._call("wait", self._blocking, stop, [("BLPOP", *bells, block)], give_up=stop)
                 continue
             taken = self._scripts["taken"]
+            commands: list[tuple[Any, ...]] = []
+            if ahead is not None:
+                commands.append(("EVALSHA", self._scripts["deliver"].sha, 0, *ahead))
+            commands += [
+                ("BLMOVE", single, held, "LEFT", "RIGHT", block),
+                (
+                    "EVALSHA",
+                    taken.sha,
+                    0,
+                    self.namespace,
+                    self.consumer,
+                    lanes[0],
+                    self.ttl_seconds,
+                ),
+            ]
             replies = self._call(
                 "wait",
                 self._moving,
                 self._blocking,
                 stop,
-                [
-                    ("BLMOVE", single, held, "LEFT", "RIGHT", block),
-                    (
-                        "EVALSHA",
-                        taken.sha,
-                        0,
-                        self.namespace,
-                        self.consumer,
-                        lanes[0],
-                        self.ttl_seconds,
-                    ),
-                ],
+                commands,
                 True,
+                delivered if len(commands) == 3 else None,
                 give_up=stop,
             )
+            if replies and len(commands) == 3:
+                replies = replies[1:]
             task_id = replies[0] if replies else None
             if isinstance(task_id, redis.ResponseError):
                 raise task_id
@@ -1864,6 +1921,12 @@ class RedisBroker:
         """Deliver results in one round trip; a final one only if none was delivered before.
         Their tasks leave the held list of this client, or of ``holder`` (a worker process
         it adopted)."""
+        if results:
+            self._run("deliver", *self._deliver_args(results, holder))
+            self._delivered(results)
+
+    def _deliver_args(self, results: Sequence[Result], holder: str | None = None) -> list[Any]:
+        """The deliver script's arguments (after the namespace) for ``results``."""
         args: list[Any] = [holder or self.consumer, self.ttl_seconds, time.time()]
         for result in results:
             try:
@@ -1882,10 +1945,11 @@ class RedisBroker:
                 envelope,
                 (result.key or "") if result.complete else "",
             ]
-        if results:
-            self._run("deliver", *args)
-            with self._mine_lock:
-                self._mine.difference_update(r.task_id for r in results if r.complete)
+        return args
+
+    def _delivered(self, results: Sequence[Result]) -> None:
+        with self._mine_lock:
+            self._mine.difference_update(r.task_id for r in results if r.complete)
 
     def get_result(
         self,

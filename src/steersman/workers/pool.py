@@ -683,14 +683,28 @@ def _serving_main(
     auto = prefetch == "auto"
     capacity = 1 if auto else 1 + int(prefetch)
     recent: float | None = None
+    carried: list[Result] = []  # final results that go out with the next take
+    # Their tasks count as held until they are delivered: a pool that stops when idle
+    # must not stop a process with a result still to deliver.
+
+    def nothing_held() -> None:
+        holding.value = 0
+
     pipe.send(b"ready")
     while not stop.is_set():
         try:
-            tasks = broker.get_tasks(lanes, capacity, stop=stop)
+            tasks = broker.get_tasks(
+                lanes, capacity, stop=stop, deliver=carried, on_delivered=nothing_held
+            )
         except Exception as error:  # Redis answered with an error (it waits out lost links)
+            if carried:
+                persist("delivering a result", lambda c=carried: broker.put_results(c), stop)
+                carried = []
+                holding.value = 0
             logger.error("worker %s cannot take tasks: %s; trying again", worker_id, error)
             stop.wait(1.0)
             continue
+        carried = []  # delivered (get_tasks returns only once they are)
         holding.value = len(tasks)
         for index, task in enumerate(tasks):
             if stop.is_set():
@@ -727,17 +741,23 @@ def _serving_main(
                     outbox.put(result)
                 else:
                     # Nothing waits: delivered from here (no hand-over to a thread), after
-                    # what is on its way (this task's partial results among it).
+                    # what is on its way (this task's partial results among it), in the
+                    # round trip of the next take, ahead of its wait.
                     outbox.drain()
                     settlement = Settlement([result])
-                    persist("delivering a result", lambda s=settlement: s.send(broker), stop)
+                    if settlement.retry:
+                        persist("delivering a result", lambda s=settlement: s.send(broker), stop)
+                    else:
+                        carried = settlement.deliver
             if partial:
                 # Its final result goes out before the next task starts: should this process
                 # die meanwhile, the whole generator would run again (the parts it delivered
                 # would not go out twice, but the work would be done twice).
                 outbox.drain()
-            holding.value = len(tasks) - index - 1
+            holding.value = len(tasks) - index - 1 + len(carried)
     outbox.drain()
+    if carried:
+        persist("delivering a result", lambda: broker.put_results(carried), stop)
     holding.value = 0
 
 
