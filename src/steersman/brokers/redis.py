@@ -123,7 +123,11 @@ class _Pool(redis.ConnectionPool):
             self._in_use_connections.add(connection)
         try:
             connection.connect()
-            if _unread(connection):
+            try:
+                stale = _unread(connection)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True  # redis-py's own parser reads a closed connection as an error
+            if stale:
                 connection.disconnect()
                 connection.connect()
         except BaseException:

@@ -684,17 +684,19 @@ def _serving_main(
     capacity = 1 if auto else 1 + int(prefetch)
     recent: float | None = None
     carried: list[Result] = []  # final results that go out with the next take
-    # Their tasks count as held until they are delivered: a pool that stops when idle
-    # must not stop a process with a result still to deliver.
+    # Their tasks count as held until the take says they are delivered: a pool that stops
+    # when idle must not stop a process with a result still to deliver.
 
-    def nothing_held() -> None:
+    def delivered() -> None:
+        nonlocal carried
+        carried = []
         holding.value = 0
 
     pipe.send(b"ready")
     while not stop.is_set():
         try:
             tasks = broker.get_tasks(
-                lanes, capacity, stop=stop, deliver=carried, on_delivered=nothing_held
+                lanes, capacity, stop=stop, deliver=carried, on_delivered=delivered
             )
         except Exception as error:  # Redis answered with an error (it waits out lost links)
             if carried:
