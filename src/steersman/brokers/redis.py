@@ -109,9 +109,10 @@ class _Pool(redis.ConnectionPool):
 
     The pool makes sure a connection has nothing left to read (a reply nobody read, or Redis
     having closed it) before it is used. redis-py looks with a non-blocking read through its
-    parser, which costs some 15 µs of Python per command; here a look at the parser's buffer
-    and one ``poll(2)`` of the socket say the same. A connection found with something to read
-    is connected afresh, as redis-py does."""
+    parser, which raises and catches an exception each time (a lend and a return cost 7 µs
+    of Python with redis-py 6.4, against 3.5 here); here a look at the parser's buffer and
+    one ``poll(2)`` of the socket say the same. A connection found with something to read,
+    or whose look fails, is connected afresh, as redis-py does."""
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         self._checkpid()
