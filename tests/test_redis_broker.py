@@ -1718,3 +1718,37 @@ def test_a_result_whose_delivery_ahead_of_a_wait_is_refused_is_delivered_by_the_
         queues.get_result(timeout=0.5)
     for b in (worker, client):
         b.close()
+
+
+def test_a_worker_process_replaced_while_redis_refuses_writes_serves_once_it_accepts(
+    own_redis, caplog
+):
+    """A new process's first heartbeat refused (here: over maxmemory) is waited out and
+    said, not a death that reads as methods that cannot be imported (and that, repeated,
+    would make the pool give up)."""
+    import os
+    import signal
+
+    client = broker(own_redis)
+    queues = Queues(methods=["add"], broker=client)
+    raw = redis.Redis.from_url(own_redis.url)
+    try:
+        with caplog.at_level(logging.WARNING), WorkerPool(queues, [methods.add], workers=1) as pool:
+            assert pool.wait_for_workers(60)
+            (first,) = pool.worker_pids()
+            raw.config_set("maxmemory", 1)
+            os.kill(first, signal.SIGKILL)
+            wait_until(
+                lambda: any("first heartbeat" in r.getMessage() for r in caplog.records),
+                60,
+                "the new process to say its heartbeat is refused",
+            )
+            raw.config_set("maxmemory", 0)
+            assert pool.wait_for_workers(60)
+            assert pool.worker_pids() != [first]
+            queues.send_inputs(1, 2, method="add")
+            assert queues.get_result(timeout=30).value == 3
+    finally:
+        raw.config_set("maxmemory", 0)
+    assert not [r for r in caplog.records if "died before it was ready" in r.getMessage()]
+    client.close()

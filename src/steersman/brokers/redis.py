@@ -921,8 +921,25 @@ class RedisBroker:
         broker.key = spec["hmac_key"]
         broker.role = "worker"
         broker._beats_elsewhere = True
-        broker._call("heartbeat", broker._renew, [consumer])
-        return broker
+        delay = 0.5
+        while True:
+            try:
+                broker._call("heartbeat", broker._renew, [consumer])
+                return broker
+            except redis.ResponseError as error:
+                # Redis refuses writes for now (over maxmemory, a replica in a failover):
+                # waited out like a Redis away, not a death before ready, which would read
+                # as methods that cannot be imported and, repeated, stop the pool.
+                logger.warning(
+                    "worker process %s: Redis at %s refused its first heartbeat (%s); "
+                    "trying again in %.1f s",
+                    consumer,
+                    broker.where,
+                    error,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def adopt(self, consumer: str) -> None:
         """Renew the lease of ``consumer`` (a worker process of a pool on this client) with
