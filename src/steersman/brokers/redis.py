@@ -1439,7 +1439,7 @@ class RedisBroker:
         """Renew the leases of ``consumers`` (see the beat script)."""
         lease_ms = int(self.lease_seconds * 1000)
         for consumer in consumers:
-            self._scripts["beat"](keys=[], args=[self.namespace, consumer, lease_ms])
+            self._evalsha("beat", [consumer, lease_ms])
 
     def _heartbeat(self) -> None:
         # A lease is a promise renewed on a timer: this is the one periodic loop by design.
@@ -1458,9 +1458,7 @@ class RedisBroker:
                 if self.cancel_handlers:
                     with self._adopted_lock:
                         adopted = list(self._adopted)
-                    ids = self._scripts["cancelled_held"](
-                        keys=[], args=[self.namespace, self.consumer, *adopted]
-                    )
+                    ids = self._evalsha("cancelled_held", [self.consumer, *adopted])
                     for handler in list(self.cancel_handlers) if ids else ():
                         handler([i.decode() for i in ids])
                 if failing:
@@ -1482,9 +1480,7 @@ class RedisBroker:
         shorter); ``force`` reaps now. Returns how many tasks and results moved.
         """
         lock_ms = max(1, int(min(self.lease_seconds / 3, REAP_PERIOD) * 1000 * 0.9))
-        moved = self._scripts["reap"](
-            keys=[], args=[self.namespace, lock_ms, "1" if force else "0", self.ttl_seconds]
-        )
+        moved = self._evalsha("reap", [lock_ms, "1" if force else "0", self.ttl_seconds])
         if moved > 0:
             logger.warning(
                 "handed back %d task(s) or result(s) held by clients whose lease ran out", moved
@@ -1660,9 +1656,9 @@ class RedisBroker:
                     found = self._call(
                         "take",
                         self._moving,
-                        self._scripts["take"],
-                        [],
-                        [self.namespace, self.consumer, max_count, *lanes],
+                        self._evalsha,
+                        "take",
+                        [self.consumer, max_count, *lanes],
                         give_up=stop,
                     )
                 except redis.ResponseError as error:
@@ -1688,7 +1684,8 @@ class RedisBroker:
                 continue
             taken = self._scripts["taken"]
             commands: list[tuple[Any, ...]] = []
-            if ahead is not None:
+            sent_ahead = ahead is not None
+            if sent_ahead:
                 commands.append(("EVALSHA", self._scripts["deliver"].sha, 0, *ahead))
             commands += [
                 ("BLMOVE", single, held, "LEFT", "RIGHT", block),
@@ -1709,10 +1706,10 @@ class RedisBroker:
                 stop,
                 commands,
                 True,
-                delivered if len(commands) == 3 else None,
+                delivered if sent_ahead else None,
                 give_up=stop,
             )
-            if replies and len(commands) == 3:
+            if replies and sent_ahead:
                 replies = replies[1:]
             task_id = replies[0] if replies else None
             if isinstance(task_id, redis.ResponseError):
@@ -1750,9 +1747,9 @@ class RedisBroker:
         try:
             return self._call(
                 "read task",
-                self._scripts["taken"],
-                keys=[],
-                args=[self.namespace, self.consumer, lane, self.ttl_seconds],
+                self._evalsha,
+                "taken",
+                [self.consumer, lane, self.ttl_seconds],
                 give_up=stop,
             )
         except redis.ResponseError as error:
@@ -1800,9 +1797,7 @@ class RedisBroker:
         as the take script returns them; without this they would wait for our lease to end,
         which never comes while we live."""
         try:
-            ids = self._scripts["held"](
-                keys=[], args=[self.namespace, self.consumer, self.ttl_seconds]
-            )
+            ids = self._evalsha("held", [self.consumer, self.ttl_seconds])
         except redis.ResponseError as error:
             if not _reaped(error):
                 raise
@@ -2073,10 +2068,7 @@ class RedisBroker:
         (which returns the same results if this fetch's number was asked before); with
         ``retry``, waits for Redis as any call does, else tries once."""
         args = self._fetch_args(topic, reader)
-        if retry:
-            reply = self._run("take_results", *args)
-        else:
-            reply = self._scripts["take_results"](keys=[], args=[self.namespace, *args])
+        reply = self._run("take_results", *args) if retry else self._evalsha("take_results", args)
         self._fetched(topic, reader, buffer, reply)
 
     def _fetch_args(self, topic: str, reader: _Reader) -> list[Any]:
@@ -2437,9 +2429,8 @@ class RedisBroker:
                 for topic, buffer in self._buffers.items():
                     if topic in unsettled:
                         continue  # left whole for the reaper: it may hold more than buffer
-                    self._scripts["release_results"](
-                        keys=[],
-                        args=[self.namespace, self.consumer, topic, self.ttl_seconds, *buffer],
+                    self._evalsha(
+                        "release_results", [self.consumer, topic, self.ttl_seconds, *buffer]
                     )
                     buffer.clear()
             held = self.redis.llen(self._k("held", self.consumer))
