@@ -28,6 +28,7 @@ test: $(STAMP) redis
 bench: $(STAMP) redis
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/redis_broker.py
+	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/moldesign.py
 	$(BIN)/python bench/moldesign_offline.py
 
