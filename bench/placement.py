@@ -68,9 +68,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def pin(pids: list[int], cpus: set[int] | None) -> None:
+    """Every thread of ``pids`` on ``cpus`` (None: any CPU this process may use)."""
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(pid, cpus if cpus is not None else ALL)
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for thread in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(thread, cpus if cpus is not None else ALL)
 
 
 ALL = os.sched_getaffinity(0)
