@@ -120,6 +120,50 @@ def test_b_redis_killed_and_restarted_loses_no_acknowledged_task(
     broker.close()
 
 
+def _session(leader: int) -> list[int]:
+    """The live processes of the session ``leader`` leads (zombies are gone already)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[3]) == leader:
+                found.append(int(entry))
+    return found
+
+
+def test_b2_a_worker_killed_while_its_new_process_waits_out_refused_writes_leaves_nothing(
+    own_redis, namespace, start_worker
+):
+    """A standalone worker SIGKILLed while its replacement process waits for Redis to accept
+    writes again (over maxmemory): that process stops too, and so does the fork server that
+    started it, instead of waiting for ever, unseen."""
+    broker = RedisBroker(own_redis.url, namespace, hmac_key=TEST_KEY)
+    queues = Queues(methods={"whoami": "sim"}, broker=broker)
+    worker = start_worker(
+        own_redis, namespace, "--queues", "sim", "--method", "methods:whoami", "--concurrency", "1"
+    )
+    queues.send_inputs(method="whoami")
+    first = queues.get_result(timeout=60).value
+    raw = redis.Redis.from_url(own_redis.url)
+    raw.config_set("maxmemory", 1)
+    try:
+        os.kill(first, signal.SIGKILL)
+        wait_until(
+            lambda: "first heartbeat was refused" in worker.log(),
+            60,
+            "the new process to wait out the refused writes",
+        )
+        os.kill(worker.pid, signal.SIGKILL)  # the worker's own process only
+        wait_until(lambda: not _session(worker.pid), 30, "every process of the worker to end")
+    finally:
+        raw.config_set("maxmemory", 0)
+    broker.close()
+
+
 def test_c_forged_and_garbled_messages_are_rejected_and_logged_by_a_standalone_worker(
     redis_server, namespace, start_worker
 ):

@@ -14,6 +14,7 @@ import redis
 import methods
 from conftest import free_port, wait_until
 from steersman import (
+    BrokerRefused,
     ConfigurationError,
     Queues,
     ResultTimeout,
@@ -1698,6 +1699,45 @@ def test_a_result_delivered_ahead_of_a_wait_arrives_while_the_wait_goes_on(
         b.close()
 
 
+@pytest.mark.parametrize("refusal", ["maxmemory", "replica"])
+def test_a_write_redis_refuses_is_one_clear_error_and_the_same_call_goes_through_later(
+    own_redis, refusal
+):
+    """Redis up but refusing writes (over its maxmemory, or a read-only replica): the
+    submission and a new client's first heartbeat raise BrokerRefused, one line that says
+    what to do (and still the ResponseError redis-py raised); nothing was written, so the
+    same submission made again once Redis accepts writes runs once."""
+    client, queues, worker = _reading_client(own_redis)
+    raw = redis.Redis.from_url(own_redis.url)
+    fresh = broker(own_redis, namespace=client.namespace)
+    if refusal == "maxmemory":
+        raw.config_set("maxmemory", 1)
+    else:
+        raw.replicaof("127.0.0.1", free_port())  # a primary nobody runs: read-only meanwhile
+    try:
+        with pytest.raises(BrokerRefused) as submitted:
+            queues.send_inputs(2, 3, method="add")
+        with pytest.raises(BrokerRefused) as beat:
+            fresh.keep_alive("client")
+    finally:
+        if refusal == "maxmemory":
+            raw.config_set("maxmemory", 0)
+        else:
+            raw.replicaof("NO", "ONE")
+    advice = "CONFIG SET maxmemory" if refusal == "maxmemory" else "point the URL at the primary"
+    for error in (submitted.value, beat.value):
+        message = str(error)
+        assert isinstance(error, redis.ResponseError)
+        assert "\n" not in message and advice in message and own_redis.url.split("/")[2] in message
+    queues.send_inputs(2, 3, method="add")
+    serve_one(worker)
+    assert queues.get_result(timeout=5).value == 5
+    with pytest.raises(ResultTimeout):
+        queues.get_result(timeout=0.5)
+    for b in (worker, client, fresh):
+        b.close()
+
+
 def test_a_result_whose_delivery_ahead_of_a_wait_is_refused_is_delivered_by_the_caller(
     own_redis,
 ):
@@ -1718,6 +1758,34 @@ def test_a_result_whose_delivery_ahead_of_a_wait_is_refused_is_delivered_by_the_
         queues.get_result(timeout=0.5)
     for b in (worker, client):
         b.close()
+
+
+def test_a_pool_whose_first_heartbeat_redis_refuses_raises_and_leaves_no_process(own_redis):
+    """Redis over its maxmemory when a pool starts: the pool's own first heartbeat is
+    refused, and the pool raises BrokerRefused after stopping the processes it started (left
+    running, they kept the program from exiting); once Redis accepts, a new pool serves."""
+    import multiprocessing
+
+    client = broker(own_redis)
+    queues = Queues(methods=["add"], broker=client)
+    raw = redis.Redis.from_url(own_redis.url)
+    raw.config_set("maxmemory", 1)
+    started = time.monotonic()
+    try:
+        with (
+            pytest.raises(BrokerRefused, match="maxmemory"),
+            WorkerPool(queues, [methods.add], workers=1),
+        ):
+            pass
+    finally:
+        raw.config_set("maxmemory", 0)
+    assert time.monotonic() - started < 30
+    wait_until(lambda: not multiprocessing.active_children(), 10, "the pool's processes to end")
+    with WorkerPool(queues, [methods.add], workers=1) as pool:
+        assert pool.wait_for_workers(60)
+        queues.send_inputs(1, 2, method="add")
+        assert queues.get_result(timeout=30).value == 3
+    client.close()
 
 
 def test_a_worker_process_replaced_while_redis_refuses_writes_serves_once_it_accepts(

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from steersman.brokers import Broker, LocalBroker
 from steersman.errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ConfigurationError,
     ResultTimeout,
@@ -29,6 +30,7 @@ from steersman.workers import WorkerPool, current_task
 __all__ = [
     "BaseThinker",
     "Broker",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "Failure",

@@ -49,6 +49,12 @@ class BrokerUnavailable(SteersmanError):
     """The broker's server (Redis) could not be reached within the deadline."""
 
 
+class BrokerRefused(SteersmanError):
+    """The broker's server (Redis) is up but refuses to write: it is over its memory limit
+    (``maxmemory``), or it is a read-only replica. What was refused wrote nothing, so the
+    same call can be made again once the server accepts writes."""
+
+
 class PoolError(SteersmanError):
     """A worker pool cannot do what was asked (not started, already stopped, ...)."""
 

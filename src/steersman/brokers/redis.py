@@ -77,6 +77,7 @@ import msgspec
 import redis
 
 from steersman.errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ConfigurationError,
     EnvelopeError,
@@ -695,6 +696,33 @@ return 1
 """
 
 
+class _Refused(BrokerRefused, redis.ResponseError):
+    """Redis refused a write, said in one line with what to do; still the ``ResponseError``
+    redis-py raised, for the code that answers a refusal as such."""
+
+
+def _refused(where: str, what: str, error: redis.ResponseError) -> redis.ResponseError:
+    """``error`` said as a refusal with what to do, if it is one (over maxmemory, a read-only
+    replica); else ``error`` itself."""
+    if not isinstance(error, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+        return error
+    said = str(error).rstrip(".")
+    if isinstance(error, redis.exceptions.ReadOnlyError):
+        advice = (
+            "it is a read-only replica: point the URL at the primary (after a failover, the "
+            "new one)"
+        )
+    else:
+        advice = (
+            "it is over its maxmemory: free memory there (collect the results waiting, "
+            "`steersman purge` a queue) or raise its limit (CONFIG SET maxmemory)"
+        )
+    return _Refused(
+        f"Redis at {where} refused a write during {what} ({said}); {advice}; what it refused "
+        "wrote nothing, and the same call can be made again once it accepts writes"
+    )
+
+
 def _reaped(reply: Any) -> bool:
     """Whether a reply is Redis refusing a take because the client was reaped."""
     return isinstance(reply, redis.ResponseError) and str(reply).startswith("REAPED")
@@ -908,11 +936,14 @@ class RedisBroker:
         }
 
     @classmethod
-    def for_worker_process(cls, spec: dict[str, Any]) -> RedisBroker:
+    def for_worker_process(
+        cls, spec: dict[str, Any], stop: threading.Event | None = None
+    ) -> RedisBroker | None:
         """The broker of a worker process (see :meth:`process_spec`). It waits for Redis as
         long as it takes, and beats once before it takes anything, so that what it takes is
         covered by a lease from the start; from then on its pool's client beats for it (a
-        task that holds the GIL cannot starve that beat)."""
+        task that holds the GIL cannot starve that beat). None if ``stop`` is set first
+        (the pool stops, or is gone)."""
         spec = dict(spec)
         consumer = spec.pop("consumer")
         broker = cls(**spec, insecure=True, connect_timeout=None)
@@ -924,21 +955,29 @@ class RedisBroker:
         delay = 0.5
         while True:
             try:
-                broker._call("heartbeat", broker._renew, [consumer])
+                broker._call("heartbeat", broker._renew, [consumer], give_up=stop)
                 return broker
+            except BrokerUnavailable:
+                if stop is not None and stop.is_set():
+                    return None
+                raise
             except redis.ResponseError as error:
                 # Redis refuses writes for now (over maxmemory, a replica in a failover):
                 # waited out like a Redis away, not a death before ready, which would read
                 # as methods that cannot be imported and, repeated, stop the pool.
+                if stop is not None and stop.is_set():
+                    return None
                 logger.warning(
-                    "worker process %s: Redis at %s refused its first heartbeat (%s); "
-                    "trying again in %.1f s",
+                    "worker process %s: its first heartbeat was refused: %s; trying again "
+                    "in %.1f s",
                     consumer,
-                    broker.where,
                     error,
                     delay,
                 )
-                time.sleep(delay)
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    return None
                 delay = min(delay * 2, 10.0)
 
     def adopt(self, consumer: str) -> None:
@@ -1172,6 +1211,8 @@ class RedisBroker:
                     f"Redis at {self.where} refused this client: {error}; check the "
                     "user and password in the URL and that user's ACL rules"
                 ) from None
+            except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as error:
+                raise _refused(self.where, what, error) from None
             except redis.exceptions.NoPermissionError as error:
                 raise ConfigurationError(
                     f"Redis at {self.where} denied a command: {error}; the ACL user "
@@ -1713,7 +1754,7 @@ class RedisBroker:
                 replies = replies[1:]
             task_id = replies[0] if replies else None
             if isinstance(task_id, redis.ResponseError):
-                raise task_id
+                raise _refused(self.where, "wait", task_id)
             if task_id is not None:
                 read = replies[1]
                 if isinstance(read, redis.exceptions.NoScriptError):
@@ -2168,7 +2209,7 @@ class RedisBroker:
                 # the same number, returning what the move took.
                 reader.drained = False
                 if not isinstance(reply, redis.exceptions.NoScriptError):
-                    raise reply
+                    raise _refused(self.where, "wait", reply)
                 self._reload("received")
                 return False
         lost = ack[0] == 1

@@ -235,7 +235,16 @@ class WorkerPool:
         self._check_siblings()
         impl_type = _ProcessWorkers if self.mode == "process" else _ThreadWorkers
         self._impl = impl_type(self)
-        self._impl.start()
+        try:
+            self._impl.start()
+        except BaseException:
+            # Refused halfway (Redis refusing the first heartbeat, say): what started stops,
+            # or its processes would keep this one from exiting.
+            impl, self._impl = self._impl, None
+            self.queues._pools.discard(self)
+            with contextlib.suppress(Exception):
+                impl.stop(0.0)
+            raise
         logger.info(
             "started %s: %d %s worker(s) on %s",
             self.name,
@@ -455,7 +464,9 @@ def _shield_forkserver(context) -> None:
 
 def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies, so a worker whose
-    pool was SIGKILLed does not run on unseen (its tasks go to others after the lease)."""
+    pool was SIGKILLed does not run on unseen (its tasks go to others after the lease).
+    With the fork server that parent is the server, which lives as long as any process it
+    started: there the end of the pool's pipe is what says the pool is gone."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -676,9 +687,14 @@ def _serving_main(
     root.setLevel(log_level)
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
-    broker = RedisBroker.for_worker_process(spec)
+    # Listening to the pool before waiting on Redis: a process that waits out refused
+    # writes still stops when told to, or when its pool is gone. (It does not die with its
+    # pool's process: its parent is the fork server, which lives while it does.)
     stop = Flag()
     threading.Thread(target=_wait_for_stop, args=(conn, stop), daemon=True).start()
+    broker = RedisBroker.for_worker_process(spec, stop)
+    if broker is None:
+        return
     outbox = _Outbox(broker, stop)
     auto = prefetch == "auto"
     capacity = 1 if auto else 1 + int(prefetch)
