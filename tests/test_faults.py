@@ -164,6 +164,27 @@ def test_b2_a_worker_killed_while_its_new_process_waits_out_refused_writes_leave
     broker.close()
 
 
+def test_b3_a_worker_killed_alone_takes_its_running_task_and_the_program_it_started_along(
+    redis_server, namespace, start_worker, tmp_path
+):
+    """SIGKILL the worker's own process only (as the OOM killer would) while its process
+    runs a task that started a program: that process and the program end at once, as do
+    the fork server and the rest, rather than running on unseen while the task's lease
+    lapses and it goes to another worker."""
+    broker = RedisBroker(redis_server.url, namespace, hmac_key=TEST_KEY)
+    queues = Queues(methods={"start_program_then_wait": "sim"}, broker=broker)
+    worker = start_worker(
+        redis_server, namespace, "--queues", "sim", "--method", "methods:start_program_then_wait"
+    )
+    pid_path = tmp_path / "program.pid"
+    queues.send_inputs(str(pid_path), method="start_program_then_wait")
+    wait_until(lambda: pid_path.exists() and pid_path.read_text(), 60, "the program to start")
+    assert int(pid_path.read_text()) in _session(worker.pid)
+    os.kill(worker.pid, signal.SIGKILL)
+    wait_until(lambda: not _session(worker.pid), 15, "every process of the worker to end")
+    broker.close()
+
+
 def test_c_forged_and_garbled_messages_are_rejected_and_logged_by_a_standalone_worker(
     redis_server, namespace, start_worker
 ):

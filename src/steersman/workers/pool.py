@@ -466,7 +466,7 @@ def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies, so a worker whose
     pool was SIGKILLed does not run on unseen (its tasks go to others after the lease).
     With the fork server that parent is the server, which lives as long as any process it
-    started: there the end of the pool's pipe is what says the pool is gone."""
+    started: there the end of the pool's pipe says the pool is gone (see _wait_for_stop)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -604,10 +604,17 @@ RUNNING_BYTES = 512
 
 
 def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any) -> None:
-    """Set ``stop`` when the pool says so (or is gone): the flag's waker ends a wait for
-    tasks that is blocked in Redis at once."""
-    with contextlib.suppress(EOFError, OSError):
+    """Set ``stop`` when the pool says so: the flag's waker ends a wait for tasks that is
+    blocked in Redis at once. If the pool is gone instead (its process killed), end this
+    process and what its task started, as if it had died with its parent (which, with the
+    fork server, lives as long as this process does): nobody renews its lease now, so its
+    task goes to another worker, and it must not run on unseen meanwhile."""
+    try:
         conn.recv_bytes()
+    except (EOFError, OSError):
+        if os.getpgid(0) == os.getpid():  # a group of its own (see _own_group)
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
     stop.set()
 
 
@@ -688,8 +695,7 @@ def _serving_main(
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     # Listening to the pool before waiting on Redis: a process that waits out refused
-    # writes still stops when told to, or when its pool is gone. (It does not die with its
-    # pool's process: its parent is the fork server, which lives while it does.)
+    # writes still stops when told to, or ends when its pool is gone.
     stop = Flag()
     threading.Thread(target=_wait_for_stop, args=(conn, stop), daemon=True).start()
     broker = RedisBroker.for_worker_process(spec, stop)
