@@ -98,6 +98,14 @@ def logged_sleep(seconds, value, log_path):
     return value
 
 
+def noted_sleep(path, seconds, value):
+    """Append ``value`` to ``path`` as it starts, sleep, then return ``value``."""
+    with open(path, "a") as log:
+        log.write(f"{value}\n")
+    time.sleep(seconds)
+    return value
+
+
 def fail_unless(path):
     """Fail until ``path`` exists: a task whose cause of failure a test can fix."""
     if not os.path.exists(path):

@@ -185,6 +185,29 @@ def test_b3_a_worker_killed_alone_takes_its_running_task_and_the_program_it_star
     broker.close()
 
 
+def test_b4_a_worker_killed_alone_delivers_the_task_it_runs_and_hands_back_the_rest(
+    redis_server, namespace, start_worker, tmp_path
+):
+    """SIGKILL the worker's own process while its process runs one task and holds two more
+    (prefetched): the running task finishes and is delivered, the two go back and another
+    worker runs them; each runs once and none loses an attempt."""
+    broker = RedisBroker(redis_server.url, namespace, hmac_key=TEST_KEY)
+    queues = Queues(methods={"noted_sleep": "sim"}, broker=broker)
+    started = tmp_path / "started"
+    queues.send_batch([(str(started), 2.0, i) for i in range(3)], method="noted_sleep")
+    options = ("--queues", "sim", "--method", "methods:noted_sleep", "--concurrency", "1")
+    first = start_worker(redis_server, namespace, *options, "--prefetch", "2")
+    wait_until(lambda: started.exists() and started.read_text(), 60, "the first task to start")
+    os.kill(first.pid, signal.SIGKILL)
+    start_worker(redis_server, namespace, *options)
+    results = [queues.get_result(timeout=60) for _ in range(3)]
+    assert all(r.success for r in results), [r.failure for r in results]
+    assert sorted(r.value for r in results) == [0, 1, 2]
+    assert {r.attempt for r in results} == {1}
+    assert sorted(started.read_text().split()) == ["0", "1", "2"]
+    broker.close()
+
+
 def test_c_forged_and_garbled_messages_are_rejected_and_logged_by_a_standalone_worker(
     redis_server, namespace, start_worker
 ):

@@ -696,31 +696,39 @@ return 1
 """
 
 
-class _Refused(BrokerRefused, redis.ResponseError):
-    """Redis refused a write, said in one line with what to do; still the ``ResponseError``
-    redis-py raised, for the code that answers a refusal as such."""
+class _OverMemory(BrokerRefused, redis.exceptions.OutOfMemoryError):
+    """Redis over its maxmemory, said in one line with what to do; still the class of
+    error redis-py raises, for code that answers it as such."""
+
+
+class _ReadOnly(BrokerRefused, redis.exceptions.ReadOnlyError):
+    """Redis a read-only replica, said in one line with what to do (see _OverMemory)."""
 
 
 def _refused(where: str, what: str, error: redis.ResponseError) -> redis.ResponseError:
     """``error`` said as a refusal with what to do, if it is one (over maxmemory, a read-only
     replica); else ``error`` itself."""
-    if not isinstance(error, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
-        return error
-    said = str(error).rstrip(".")
     if isinstance(error, redis.exceptions.ReadOnlyError):
+        kind: type[redis.ResponseError] = _ReadOnly
         advice = (
             "it is a read-only replica: point the URL at the primary (after a failover, the "
             "new one)"
         )
-    else:
+    elif isinstance(error, redis.exceptions.OutOfMemoryError):
+        kind = _OverMemory
         advice = (
             "it is over its maxmemory: free memory there (collect the results waiting, "
             "`steersman purge` a queue) or raise its limit (CONFIG SET maxmemory)"
         )
-    return _Refused(
-        f"Redis at {where} refused a write during {what} ({said}); {advice}; what it refused "
-        "wrote nothing, and the same call can be made again once it accepts writes"
+    else:
+        return error
+    said = str(error).rstrip(".")
+    refused = kind(
+        f"Redis at {where} refused a write during {what} ({said}); {advice}; the write it "
+        "refused did not happen"
     )
+    refused.__cause__ = error
+    return refused
 
 
 def _reaped(reply: Any) -> bool:
@@ -1212,7 +1220,7 @@ class RedisBroker:
                     "user and password in the URL and that user's ACL rules"
                 ) from None
             except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as error:
-                raise _refused(self.where, what, error) from None
+                raise _refused(self.where, what, error) from error
             except redis.exceptions.NoPermissionError as error:
                 raise ConfigurationError(
                     f"Redis at {self.where} denied a command: {error}; the ACL user "

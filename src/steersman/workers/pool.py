@@ -603,15 +603,19 @@ RUNNING_BYTES = 512
 """Room for the id and method of the task a serving worker runs, shared with its pool."""
 
 
-def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any) -> None:
+def _wait_for_stop(conn: multiprocessing.connection.Connection, stop: Any, grace: float) -> None:
     """Set ``stop`` when the pool says so: the flag's waker ends a wait for tasks that is
-    blocked in Redis at once. If the pool is gone instead (its process killed), end this
-    process and what its task started, as if it had died with its parent (which, with the
-    fork server, lives as long as this process does): nobody renews its lease now, so its
-    task goes to another worker, and it must not run on unseen meanwhile."""
+    blocked in Redis at once. If the pool is gone instead (its process killed), stop as
+    well (the task running may finish and be delivered; those not started go back), and
+    if this process still runs ``grace`` seconds later, end it and what its task started,
+    as if it had died with its parent (which, with the fork server, lives as long as this
+    process does): nobody renews its lease now, and before the lease runs out and its task
+    goes to another worker, it must stop running unseen."""
     try:
         conn.recv_bytes()
     except (EOFError, OSError):
+        stop.set()
+        time.sleep(grace)
         if os.getpgid(0) == os.getpid():  # a group of its own (see _own_group)
             os.killpg(0, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -695,9 +699,11 @@ def _serving_main(
     worker_id = worker_id_for(label)
     methods = cloudpickle.loads(methods_blob)
     # Listening to the pool before waiting on Redis: a process that waits out refused
-    # writes still stops when told to, or ends when its pool is gone.
+    # writes still stops when told to, or when its pool is gone.
     stop = Flag()
-    threading.Thread(target=_wait_for_stop, args=(conn, stop), daemon=True).start()
+    # Half its lease: the pool's last renewal left it two thirds of one or more.
+    grace = spec["lease_seconds"] / 2
+    threading.Thread(target=_wait_for_stop, args=(conn, stop, grace), daemon=True).start()
     broker = RedisBroker.for_worker_process(spec, stop)
     if broker is None:
         return
@@ -989,7 +995,7 @@ class _ProcessWorkers:
             with contextlib.suppress(AttributeError, ValueError):
                 getattr(self.broker, hooks).remove(hook)
         deadline = time.monotonic() + timeout
-        if not self.serving:
+        if not self.serving and self.feeder.ident is not None:
             self.feeder.join(max(0.0, deadline - time.monotonic()))
         with self.lock:
             workers = [w for w in self.workers if w.alive]
@@ -1010,8 +1016,15 @@ class _ProcessWorkers:
                     "worker %s still busy after %.1f s; killing it", worker.worker_id, timeout
                 )
                 _kill(worker)
+        if self.collector.ident is None:
+            # start() failed before the collector began: nobody else buries them (gives
+            # back what they took, stops renewing their leases).
+            self.abandon.set()  # Redis refusing or away: their leases hand back the rest
+            for worker in workers:
+                self._bury(worker)
         self._wake()
-        self.collector.join(max(0.0, deadline - time.monotonic()) + STOP_WAIT_FOR_BROKER)
+        if self.collector.ident is not None:
+            self.collector.join(max(0.0, deadline - time.monotonic()) + STOP_WAIT_FOR_BROKER)
         if self.collector.is_alive() or self.feeder.is_alive():
             # Still trying to reach the broker: stop trying. What they held goes to other
             # workers when its lease runs out.
@@ -1356,10 +1369,13 @@ class _ProcessWorkers:
             worker.inflight.clear()
             self.workers.remove(worker)
             replace = not self.stopping
+            stopping = self.stopping
             self.lock.notify_all()
         self.closed_later.append(worker.conn)
         how = _describe_exit(exitcode)
-        if not worker.ready:
+        if not worker.ready and stopping and exitcode == 0:
+            pass  # told to stop while it waited for Redis to let it begin
+        elif not worker.ready:
             self.boot_failures += 1
             logger.error(
                 "worker %s of %s died before it was ready (%s); can its methods be imported?",
