@@ -26,23 +26,28 @@ import contextlib
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import redis
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from redis_broker import BENCH, KEY, Server, start_worker, stop_worker, warm
-from run import machine, markdown_table, percentile, print_table, write_section
+from redis_broker import KEY, Server, echo_samples, start_worker, stop_worker, warm
+from run import (
+    N_LATENCY,
+    machine,
+    markdown_table,
+    percentile,
+    print_table,
+    steersman_latency,
+    write_section,
+)
 from steersman import Queues
 from steersman.brokers.redis import RedisBroker
 
 REPEATS = 3
-N_LATENCY = 1000
 N_STEERING = 4000
 IN_FLIGHT = 4
 BEGIN, END = "<!-- bench:placement:begin -->", "<!-- bench:placement:end -->"
@@ -101,12 +106,7 @@ def steersman_run(placement: str) -> dict[str, float]:
         pin([server.process.pid], redis_cpus)
         pin(descendants(worker.pid), worker_cpus)
         warm(queues, 200)
-        samples = []
-        for _ in range(N_LATENCY):
-            start = time.perf_counter()
-            queues.send_inputs(method="noop")
-            queues.get_result(timeout=60)
-            samples.append(time.perf_counter() - start)
+        samples = steersman_latency(queues)
         start = time.perf_counter()
         for _ in range(IN_FLIGHT):
             queues.send_inputs(method="noop")
@@ -133,31 +133,12 @@ def steersman_run(placement: str) -> dict[str, float]:
 
 def echo_p50(server: Server, client_cpus: set[int] | None, worker_cpus: set[int] | None) -> float:
     """The floor, placed alike: LPUSH -> a worker process's BRPOP -> LPUSH -> BRPOP."""
-    inbox, outbox = f"echo:{uuid.uuid4().hex}", f"echo:{uuid.uuid4().hex}"
-    worker = subprocess.Popen(
-        [sys.executable, str(BENCH / "benchmethods.py"), "echo", server.url, inbox, outbox]
-    )
-    pin([worker.pid], worker_cpus)
-    pin([os.getpid()], client_cpus)
-    client = redis.Redis.from_url(server.url)
-    try:
-        for _ in range(200):
-            client.lpush(inbox, b"x")
-            client.brpop([outbox], timeout=30)
-        samples = []
-        for _ in range(N_LATENCY):
-            start = time.perf_counter()
-            client.lpush(inbox, b"x")
-            client.brpop([outbox], timeout=30)
-            samples.append(time.perf_counter() - start)
-        client.lpush(inbox, b"stop")
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        client.close()
-    return percentile(samples, 0.5) * 1e6
+
+    def place(pid: int) -> None:
+        pin([pid], worker_cpus)
+        pin([os.getpid()], client_cpus)
+
+    return percentile(echo_samples(server, 200, place), 0.5) * 1e6
 
 
 def spread(values: list[float], fmt: str) -> str:

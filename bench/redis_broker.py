@@ -182,15 +182,20 @@ def steersman_runs(server: Server) -> dict[str, float]:
     }
 
 
-def echo_runs(server: Server) -> dict[str, float]:
-    """The floor: a raw request/reply through Redis lists with a worker process."""
+def echo_samples(
+    server: Server, warmup: int = 20, started: Callable[[int], None] | None = None
+) -> list[float]:
+    """The floor: round trips (seconds) of a raw request/reply through Redis lists with a
+    worker process; ``started`` is given that process's pid before the first."""
     inbox, outbox = f"echo:{uuid.uuid4().hex}", f"echo:{uuid.uuid4().hex}"
     worker = subprocess.Popen(
         [sys.executable, str(BENCH / "benchmethods.py"), "echo", server.url, inbox, outbox]
     )
     client = redis.Redis.from_url(server.url)
     try:
-        for _ in range(20):
+        if started is not None:
+            started(worker.pid)
+        for _ in range(warmup):
             client.lpush(inbox, b"x")
             client.brpop([outbox], timeout=30)
         samples = []
@@ -201,8 +206,17 @@ def echo_runs(server: Server) -> dict[str, float]:
             samples.append(time.perf_counter() - start)
     finally:
         client.lpush(inbox, b"stop")
-        worker.wait(30)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
         client.close()
+    return samples
+
+
+def echo_runs(server: Server) -> dict[str, float]:
+    samples = echo_samples(server)
     return {"p50": percentile(samples, 0.5) * 1e6, "p99": percentile(samples, 0.99) * 1e6}
 
 

@@ -51,8 +51,8 @@ class BrokerUnavailable(SteersmanError):
 
 class BrokerRefused(SteersmanError):
     """The broker's server (Redis) is up but refuses to write: it is over its memory limit
-    (``maxmemory``), or it is a read-only replica. What was refused wrote nothing, so the
-    same call can be made again once the server accepts writes."""
+    (``maxmemory``), or it is a read-only replica. The write it refused did not happen (a
+    ``send_batch`` sent in chunks says in the error's note how many tasks went before)."""
 
 
 class PoolError(SteersmanError):
