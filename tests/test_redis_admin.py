@@ -598,7 +598,9 @@ def test_inputs_a_worker_cannot_load_fail_the_task_with_the_reason(
     failed = queues.get_result(timeout=60)
     assert not failed.success and failed.failure.type == "ValueMissing"
     assert "--value-store" in failed.failure.message
-    assert "cannot be run" in blind.log()
+    # Said in the worker's log too: its process's line reaches the worker's own process
+    # over their pipe, and may come after the result it delivered itself.
+    wait_until(lambda: "cannot be run" in blind.log(), 30, "the worker to log why")
     blind.close()
     queues.send_inputs(payload, method="echo")
     start_worker(
